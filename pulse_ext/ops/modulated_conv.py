@@ -1,0 +1,144 @@
+"""StyleGAN2 modulated convolution (shared-weight form) with a data-gradient-only backward."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from pulse_ext import _extension
+from pulse_ext.ops import reference
+from pulse_ext.ops._dispatch import check, register_fake as _register_fake, use_fused
+
+
+def demodulation_coefficients(weight: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
+    """d[n, o] = rsqrt(sum_i styles[n, i]^2 * sum_{kh,kw} weight[o, i, kh, kw]^2 + 1e-8).
+
+    Algebraically NVIDIA's sum over (w * s)^2, computed as one small [N, Cin] x [Cin, Cout] product
+    instead of materialising N copies of the weight. weight: [Cout, Cin, k, k]; styles: [N, Cin]
+    -> [N, Cout]; differentiable (plain torch ops).
+    """
+    return torch.addmm(torch.full((), reference.DEMOD_EPS, dtype=styles.dtype, device=styles.device),
+                       styles.square(), weight.to(styles.dtype).square().sum(dim=(2, 3)).t()).rsqrt()
+
+
+def _validate(x, weight, styles, up, padding) -> int:
+    check(x.dim() == 4, f"modulated_conv2d: x must be [N, Cin, H, W], got shape {list(x.shape)}")
+    check(weight.dim() == 4 and weight.shape[2] == weight.shape[3],
+          f"modulated_conv2d: weight must be [Cout, Cin, k, k], got shape {list(weight.shape)}")
+    n, cin = x.shape[:2]
+    check(weight.shape[1] == cin, f"modulated_conv2d: weight must have Cin={cin} input channels, got {list(weight.shape)}")
+    check(styles.shape == (n, cin), f"modulated_conv2d: styles must be [N, Cin]={[n, cin]}, got {list(styles.shape)}")
+    check(up in (1, 2), f"modulated_conv2d: up must be 1 or 2, got {up}")
+    k = weight.shape[-1]
+    if padding is None:
+        padding = k // 2
+    if up == 2:
+        check(k % 2 == 1 and padding == k // 2,
+              f"modulated_conv2d: up=2 needs an odd kernel and padding=k//2={k // 2}, got k={k}, padding={padding}")
+    check(padding >= 0, f"modulated_conv2d: padding must be >= 0, got {padding}")
+    for name, t in (("weight", weight), ("styles", styles)):
+        check(t.device == x.device, f"modulated_conv2d: {name} is on {t.device} but x is on {x.device}")
+        check(t.dtype == x.dtype, f"modulated_conv2d: {name} has dtype {t.dtype} but x has {x.dtype}")
+    return padding
+
+
+def _output_size(x, weight, up, padding):
+    k = weight.shape[-1]
+    h, w = x.shape[-2:]
+    if up == 2:
+        return 2 * h, 2 * w
+    return h + 2 * padding - k + 1, w + 2 * padding - k + 1
+
+
+@_register_fake("pulse_ext::modulated_conv2d")
+def _modulated_conv2d_fake(x, weight, styles, demod, up, padding):
+    oh, ow = _output_size(x, weight, up, padding)
+    return x.new_empty((x.shape[0], weight.shape[0], oh, ow))
+
+
+@_register_fake("pulse_ext::modulated_conv2d_backward")
+def _modulated_conv2d_backward_fake(grad, y, x, weight, styles, demod, up, padding):
+    return (torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(styles),
+            x.new_empty((0,)) if demod is None else torch.empty_like(demod))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, styles, demod, up, padding = inputs
+    ctx.save_for_backward(output, x, weight, styles, demod)
+    ctx.params = (up, padding)
+
+
+def _backward(ctx, grad):
+    y, x, weight, styles, demod = ctx.saved_tensors
+    up, padding = ctx.params
+    grad_x, grad_styles, grad_demod = torch.ops.pulse_ext.modulated_conv2d_backward(
+        grad, y, x, weight, styles, demod, up, padding)
+    grad_weight = None
+    if ctx.needs_input_grad[1]:
+        # PULSE never needs it (weights are frozen); training code may, so it goes through the reference.
+        with torch.enable_grad():
+            w = weight.detach().requires_grad_()
+            y_ref = reference.modulated_conv2d(x.detach(), w, styles.detach(), demodulate=False, up=up, padding=padding)
+            if demod is not None:
+                y_ref = y_ref * demod.detach().reshape(demod.shape[0], -1, 1, 1)
+            (grad_weight,) = torch.autograd.grad(y_ref, w, grad)
+    return (grad_x if ctx.needs_input_grad[0] else None, grad_weight,
+            grad_styles if ctx.needs_input_grad[2] else None,
+            grad_demod if demod is not None and ctx.needs_input_grad[3] else None, None, None)
+
+
+if _extension.is_loaded():
+    torch.library.register_autograd("pulse_ext::modulated_conv2d", _backward, setup_context=_setup_context)
+
+
+def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, *, demodulate: bool = True,
+                     up: int = 1, padding: Optional[int] = None, demod: Optional[torch.Tensor] = None,
+                     impl: str = "auto") -> torch.Tensor:
+    """StyleGAN2 modulated convolution: y = d[n, o] * conv(x * styles[n, :], weight).
+
+    The weight is shared by the whole batch (no per-sample weights): styles scale input channels and
+    the demodulation coefficients d (see ``demodulation_coefficients``) scale output channels.
+    up=2 is NVIDIA's upsampling layer: stride-2 transposed convolution + [1,3,3,1] FIR (gain 4).
+
+    Args:
+        x: [N, Cin, H, W]; weight: [Cout, Cin, k, k]; styles: [N, Cin]; all one dtype and device
+            (float32/float64 for the fused kernels, CPU or CUDA).
+        demodulate: apply d computed from weight and styles (StyleGAN2 conv layers; toRGB does not).
+        up: 1 or 2.
+        padding: defaults to k // 2 ("same"); with up=2 it must be k // 2.
+        demod: precomputed [N, Cout] coefficients to use instead of computing them (needs demodulate).
+        impl: "auto" | "fused" | "reference".
+    Returns:
+        [N, Cout, H*up, W*up] (for up=1 and other paddings, the usual convolution size). The backward
+        computes grads wrt x and styles with a data-gradient convolution only; a weight gradient,
+        when asked for, goes through the reference path.
+    """
+    padding = _validate(x, weight, styles, up, padding)
+    if demod is not None:
+        check(demodulate, "modulated_conv2d: demod was given but demodulate=False")
+        check(demod.shape == (x.shape[0], weight.shape[0]),
+              f"modulated_conv2d: demod must be [N, Cout]={[x.shape[0], weight.shape[0]]}, got {list(demod.shape)}")
+    if not use_fused(impl, "modulated_conv2d", x):
+        y = reference.modulated_conv2d(x, weight, styles, demodulate=demodulate and demod is None, up=up,
+                                       padding=padding)
+        return y if demod is None else y * demod.reshape(demod.shape[0], -1, 1, 1)
+    if demodulate and demod is None:
+        demod = demodulation_coefficients(weight, styles)
+    return torch.ops.pulse_ext.modulated_conv2d(x, weight, styles, demod if demodulate else None, up, padding)
+
+
+def upsample2d(x: torch.Tensor, *, impl: str = "auto") -> torch.Tensor:
+    """2x [1,3,3,1] FIR upsampling of StyleGAN2's skip image path: [N, C, H, W] -> [N, C, 2H, 2W].
+
+    The fast form is one depthwise stride-2 transposed convolution with the gain-4 filter (padding 1),
+    equal to NVIDIA's zero-insertion + pad (2, 1) + 4x4 filter, which the reference computes literally.
+    """
+    check(x.dim() == 4, f"upsample2d: x must be [N, C, H, W], got shape {list(x.shape)}")
+    if impl not in ("auto", "fused", "reference"):
+        raise ValueError(f"upsample2d: impl must be 'auto', 'fused' or 'reference', got {impl!r}")
+    if impl == "reference":
+        return reference.upsample2d(x)
+    c = x.shape[1]
+    f = reference.fir_filter_2d(x.dtype, x.device) * 4.0
+    return F.conv_transpose2d(x, f[None, None].expand(c, 1, 4, 4), stride=2, padding=1, groups=c)

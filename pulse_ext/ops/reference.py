@@ -1,0 +1,140 @@
+"""Plain-PyTorch reference twins of the fused ops.
+
+These are the oracle for every test and the fallback wherever the compiled extension cannot run
+(unsupported dtype, device without kernels, extension not built). They follow NVIDIA's StyleGAN2
+(stylegan2-ada-pytorch ``training/networks.py`` / ``torch_utils/ops``) literally, favouring clarity
+over speed, and support autograd wrt every input (weights included) and float64.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+DEMOD_EPS = 1e-8
+
+# The [1, 3, 3, 1] FIR filter StyleGAN2 uses for every 2x upsampling, as NVIDIA's ``setup_filter``
+# builds it: outer product, normalised to sum 1.
+_FIR_TAPS = (1.0, 3.0, 3.0, 1.0)
+
+
+def fir_filter_2d(dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """The normalised 4x4 [1,3,3,1] (x) [1,3,3,1] / 64 filter, shape [4, 4]."""
+    taps = torch.tensor(_FIR_TAPS, dtype=dtype, device=device)
+    f = torch.outer(taps, taps)
+    return f / f.sum()
+
+
+def upfirdn2d(x: torch.Tensor, f: torch.Tensor, *, up: int = 1, pad: Tuple[int, int, int, int] = (0, 0, 0, 0),
+              gain: float = 1.0) -> torch.Tensor:
+    """Upsample by zero insertion, pad, then FIR-filter, as NVIDIA's ``upfirdn2d`` (no downsampling).
+
+    x: [N, C, H, W]; f: [fh, fw]; pad = (x0, x1, y0, y1), negative values crop.
+    Returns [N, C, H*up + y0 + y1 - fh + 1, W*up + x0 + x1 - fw + 1].
+    """
+    n, c, h, w = x.shape
+    if up > 1:
+        x = x.reshape(n, c, h, 1, w, 1)
+        x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
+        x = x.reshape(n, c, h * up, w * up)
+    px0, px1, py0, py1 = pad
+    x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
+    x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
+    # The filter is scaled by gain ** (ndim / 2) = gain for a 2-D filter, and flipped to turn
+    # correlation into convolution (a no-op for the symmetric StyleGAN filter, kept for exactness).
+    f = (f * gain).to(x.dtype).flip([0, 1])
+    weight = f[None, None].repeat(c, 1, 1, 1)
+    return F.conv2d(x, weight, groups=c)
+
+
+def upsample2d(x: torch.Tensor) -> torch.Tensor:
+    """2x FIR upsampling of the 'skip' image path: NVIDIA's ``upfirdn2d.upsample2d`` with [1,3,3,1].
+
+    x: [N, C, H, W] -> [N, C, 2H, 2W].
+    """
+    f = fir_filter_2d(x.dtype, x.device)
+    # upsample2d pads (fw + up - 1) // 2 = 2 before and (fw - up) // 2 = 1 after, gain up**2 = 4.
+    return upfirdn2d(x, f, up=2, pad=(2, 1, 2, 1), gain=4.0)
+
+
+def demodulation_coefficients(weight: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
+    """d[n, o] = rsqrt(sum_{i,kh,kw} (weight[o,i,kh,kw] * styles[n,i])^2 + 1e-8).
+
+    weight: [Cout, Cin, k, k]; styles: [N, Cin] -> [N, Cout].
+    """
+    w = weight.unsqueeze(0) * styles.reshape(styles.shape[0], 1, -1, 1, 1)
+    return (w.square().sum(dim=[2, 3, 4]) + DEMOD_EPS).rsqrt()
+
+
+def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, *, demodulate: bool = True,
+                     up: int = 1, padding: Optional[int] = None) -> torch.Tensor:
+    """StyleGAN2 modulated convolution in the shared-weight form.
+
+    y = d[n, o] * conv(x * s[n, :], weight), with d the demodulation coefficients (when demodulate).
+    up=2 is NVIDIA's ``conv2d_resample``: a stride-2 transposed convolution at the input resolution
+    followed by the [1,3,3,1] FIR filter (gain 4) with padding 1 on each side.
+
+    x: [N, Cin, H, W]; weight: [Cout, Cin, k, k]; styles: [N, Cin]
+    -> [N, Cout, H*up, W*up] (padding defaults to k // 2, the only padding supported with up=2).
+    """
+    k = weight.shape[-1]
+    if padding is None:
+        padding = k // 2
+    xs = x * styles.to(x.dtype).reshape(x.shape[0], -1, 1, 1)
+    if up == 1:
+        y = F.conv2d(xs, weight.to(x.dtype), padding=padding)
+    elif up == 2:
+        y = F.conv_transpose2d(xs, weight.to(x.dtype).transpose(0, 1), stride=2)
+        # conv2d_resample: p0 = padding + (fw + up - 1)//2 - (k - 1), p1 = padding + (fw - up)//2 - (k - up)
+        p0 = padding + 2 - (k - 1)
+        p1 = padding + 1 - (k - 2)
+        y = upfirdn2d(y, fir_filter_2d(x.dtype, x.device), pad=(p0, p1, p0, p1), gain=4.0)
+    else:
+        raise ValueError(f"up must be 1 or 2, got {up}")
+    if demodulate:
+        d = demodulation_coefficients(weight, styles)
+        y = y * d.to(y.dtype).reshape(y.shape[0], -1, 1, 1)
+    return y
+
+
+def noise_bias_act(x: torch.Tensor, noise: Optional[torch.Tensor] = None,
+                   noise_strength: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None, *,
+                   demod: Optional[torch.Tensor] = None, gain: float = math.sqrt(2.0),
+                   clamp: Optional[float] = None, slope: float = 0.2) -> torch.Tensor:
+    """y = clamp(lrelu(x * d + noise_strength * noise + bias, slope) * gain, -clamp, clamp).
+
+    x: [N, C, H, W]; demod: [N, C] or None; noise: [N or 1, 1, H, W] or None; noise_strength: scalar
+    tensor (or float) or None (= 1); bias: [C] or None. slope=1 gives a linear activation.
+    """
+    y = x
+    if demod is not None:
+        y = y * demod.reshape(demod.shape[0], -1, 1, 1)
+    if noise is not None:
+        y = y + (noise if noise_strength is None else noise * noise_strength)
+    if bias is not None:
+        y = y + bias.reshape(1, -1, 1, 1)
+    if slope != 1.0:
+        y = F.leaky_relu(y, slope)
+    if gain != 1.0:
+        y = y * gain
+    if clamp is not None:
+        y = y.clamp(-clamp, clamp)
+    return y
+
+
+def area_downscale(img: torch.Tensor, out_size: Tuple[int, int]) -> torch.Tensor:
+    """Mean over each (H/h) x (W/w) block. img: [N, C, H, W] -> [N, C, h, w]."""
+    n, c, hh, ww = img.shape
+    h, w = out_size
+    return img.reshape(n, c, h, hh // h, w, ww // w).mean(dim=(3, 5))
+
+
+def area_downscale_loss(img: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (mean squared error, mean absolute error) between area-downscaled img and target.
+
+    img: [N, C, H, W]; target: [1 or N, C, h, w] with H % h == 0 and W % w == 0 -> (l2 [N], l1 [N]).
+    """
+    diff = area_downscale(img, target.shape[-2:]) - target
+    return diff.square().mean(dim=(1, 2, 3)), diff.abs().mean(dim=(1, 2, 3))
