@@ -1,0 +1,353 @@
+"""The batched PULSE search: B inputs x R restarts optimised as one batch of N = B * R generator samples.
+
+Row n of the batch is restart r = n % R of input b = n // R. Every row has its own latent, noise,
+loss, convergence flag and best-so-far image; the loss that is differentiated is the SUM of the
+per-row losses, so each row's gradient (and, the optimiser being element-wise, its whole trajectory)
+is the one it would have alone. A row whose L2 drops below eps is frozen; every ``sync_every`` steps
+the host reads the flags, stops when all rows converged and (``drop_converged``) removes converged
+rows from the batch. Nothing else in a step waits for the device.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+
+from pulse_ext.pulse.latent import LatentStats, fit_latent_stats, latent_to_w, restart_seed
+from pulse_ext.pulse.losses import DOWNSCALERS, downscale_losses, parse_loss, per_restart_loss
+from pulse_ext.pulse.optim import LR_SCHEDULES, OPTIMIZERS, SphericalOptimizer, lr_factor
+
+NOISE_TYPES = ("zero", "fixed", "trainable")
+
+
+@dataclass
+class SearchResult:
+    """What ``PULSE.search`` found, per input b and restart r (tensors on the search device).
+
+    images: [B, R, C, H, W] in [0, 1], each restart's best image (its converged image if it
+        converged, else its lowest-loss one). latents: [B, R, L, D] the latent that gave it (L = num_ws,
+        or 1 with tile_latent). l2, l1, loss: [B, R] at that image (l2/l1 unclamped, loss as optimised).
+    converged: [B, R] bool (l2 < eps). converged_step: [B, R] the 0-based step, -1 if never.
+    seeds: [B][R] the restart seeds. steps_run: steps executed (fewer than ``steps`` when all converged).
+    seconds: wall time of the search loop; stats_seconds: fitting the mapping statistics (0 if cached).
+    """
+    images: torch.Tensor
+    latents: torch.Tensor
+    l2: torch.Tensor
+    l1: torch.Tensor
+    loss: torch.Tensor
+    converged: torch.Tensor
+    converged_step: torch.Tensor
+    seeds: List[List[int]]
+    steps_run: int
+    seconds: float
+    stats_seconds: float = 0.0
+    timings: Dict[str, float] = field(default_factory=dict)
+
+    def ranking(self, image_index: int = 0) -> List[int]:
+        """Restart indices of input ``image_index``: converged ones first, each group by increasing loss."""
+        loss = self.loss[image_index].detach().double().cpu()
+        converged = self.converged[image_index].cpu()
+        order = sorted(range(loss.numel()), key=lambda r: (not bool(converged[r]), float(loss[r])))
+        return order
+
+    @property
+    def best_index(self) -> List[int]:
+        """The best restart of each input (first of ``ranking``)."""
+        return [self.ranking(b)[0] for b in range(self.loss.shape[0])]
+
+
+class PULSE:
+    """PULSE (Menon et al., CVPR 2020) on a StyleGAN2 ``Generator``, batched over inputs and restarts.
+
+    Args (defaults are the original's, ``run.py``):
+        generator: a ``pulse_ext.stylegan2.Generator`` (or anything with its mapping/synthesis surface).
+            Its weights are frozen (requires_grad off) during a search and restored after.
+        loss: loss string, e.g. "100*L2+0.05*GEOCROSS" (see ``losses.parse_loss``).
+        eps: a restart converges when its (unclamped) L2 < eps; L2/L1 terms are clamped below at eps.
+        steps, learning_rate, optimizer ("adam" | "adamax" | "sgd" | "sgdm"),
+        lr_schedule ("fixed" | "linear1cycle" | "linear1cycledrop").
+        noise_type: "zero" | "fixed" | "trainable" (the first ``num_trainable_noise_layers`` noise
+            layers are optimised, the rest fixed random). bad_noise_layers: indices into
+            ``generator.synthesis.noise_shapes()`` (negative from the end; or the original's dotted
+            string "a.b") that are always zero; default (-1,), the last layer, which is the role the
+            original's "17" plays in its 18-layer StyleGAN.
+        tile_latent: one latent row shared by all num_ws inputs.
+        downscale: "area" (fused block-mean op) | "bicubic" (the original's filter, plain PyTorch).
+        sync_every: read convergence flags back every this many steps. drop_converged: remove
+            converged restarts from the batch at those points.
+        latent_stats: a ``LatentStats`` (or dict with mean/std) to skip fitting; stats_samples: samples
+            for the fit otherwise.
+        impl: None, or "auto" | "fused" | "reference" for the loss op and (during the search) the generator.
+    """
+
+    def __init__(self, generator, *, loss: str = "100*L2+0.05*GEOCROSS", eps: float = 2e-3, steps: int = 100,
+                 learning_rate: float = 0.4, optimizer: str = "adam", lr_schedule: str = "linear1cycledrop",
+                 noise_type: str = "trainable", num_trainable_noise_layers: int = 5,
+                 bad_noise_layers: Union[Sequence[int], str] = (-1,), tile_latent: bool = False,
+                 downscale: str = "area", sync_every: int = 5, drop_converged: bool = True,
+                 latent_stats: Optional[Union[LatentStats, dict]] = None, stats_samples: int = 100_000,
+                 impl: Optional[str] = None):
+        self.generator = generator
+        self.loss_terms = parse_loss(loss)
+        self.loss = loss
+        if not eps >= 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        if int(steps) < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        if not learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+        if noise_type not in NOISE_TYPES:
+            raise ValueError(f"noise_type must be one of {NOISE_TYPES}, got {noise_type!r}")
+        if downscale not in DOWNSCALERS:
+            raise ValueError(f"downscale must be one of {DOWNSCALERS}, got {downscale!r}")
+        if int(sync_every) < 1:
+            raise ValueError(f"sync_every must be >= 1, got {sync_every}")
+        if int(num_trainable_noise_layers) < 0:
+            raise ValueError(f"num_trainable_noise_layers must be >= 0, got {num_trainable_noise_layers}")
+        self.eps = float(eps)
+        self.steps = int(steps)
+        self.learning_rate = float(learning_rate)
+        self.optimizer = optimizer
+        self.lr_schedule = lr_schedule
+        self.noise_type = noise_type
+        self.num_trainable_noise_layers = int(num_trainable_noise_layers)
+        self.tile_latent = bool(tile_latent)
+        self.downscale = downscale
+        self.sync_every = int(sync_every)
+        self.drop_converged = bool(drop_converged)
+        self.stats_samples = int(stats_samples)
+        self.impl = impl
+        self.noise_shapes = list(generator.synthesis.noise_shapes())
+        self.bad_noise_layers = self._parse_bad_layers(bad_noise_layers)
+        if isinstance(latent_stats, dict):
+            latent_stats = LatentStats(torch.as_tensor(latent_stats["mean"]), torch.as_tensor(latent_stats["std"]))
+        self._stats = latent_stats
+
+    def _parse_bad_layers(self, bad) -> List[int]:
+        count = len(self.noise_shapes)
+        if isinstance(bad, str):
+            try:
+                bad = [int(part) for part in bad.split(".") if part.strip()]
+            except ValueError:
+                raise ValueError(f"bad_noise_layers must be integers like '16' or '3.16', got {bad!r}") from None
+        layers = []
+        for index in bad:
+            if not -count <= int(index) < count:
+                raise ValueError(f"bad_noise_layers: index {index} is out of range for the generator's {count} "
+                                 f"noise layers {[name for name, _ in self.noise_shapes]}")
+            layers.append(int(index) % count)
+        return sorted(set(layers))
+
+    def layer_kinds(self) -> List[str]:
+        """'zero' | 'fixed' | 'trainable' for each noise layer, in ``noise_shapes()`` order."""
+        kinds = []
+        for i in range(len(self.noise_shapes)):
+            if self.noise_type == "zero" or i in self.bad_noise_layers:
+                kinds.append("zero")
+            elif self.noise_type == "trainable" and i < self.num_trainable_noise_layers:
+                kinds.append("trainable")
+            else:
+                kinds.append("fixed")
+        return kinds
+
+    def latent_stats(self) -> LatentStats:
+        """The mapping statistics (fitted on first use, cached per generator)."""
+        param = next(self.generator.parameters())
+        if self._stats is None:
+            self._stats = fit_latent_stats(self.generator, self.stats_samples)
+        return self._stats.to(device=param.device, dtype=param.dtype)
+
+    def _init_rows(self, seeds: List[int], device, dtype):
+        """Per-row initial latent and noise, each row from its own CPU generator (batch-independent)."""
+        G = self.generator
+        rows = 1 if self.tile_latent else G.num_ws
+        kinds = self.layer_kinds()
+        latents, noises = [], [[] for _ in kinds]
+        for s in seeds:
+            rng = torch.Generator().manual_seed(s)
+            latents.append(torch.randn(rows, G.w_dim, generator=rng))
+            for i, ((_, res), kind) in enumerate(zip(self.noise_shapes, kinds)):
+                if kind != "zero":
+                    noises[i].append(torch.randn(1, res, res, generator=rng))
+        latent = torch.stack(latents).to(device=device, dtype=dtype)
+        noise = []
+        for (_, res), kind, maps in zip(self.noise_shapes, kinds, noises):
+            if kind == "zero":
+                noise.append(torch.zeros(1, 1, res, res, device=device, dtype=dtype))
+            else:
+                noise.append(torch.stack(maps).to(device=device, dtype=dtype))
+        return latent, noise, kinds
+
+    def search(self, target: torch.Tensor, restarts: int = 8, seed: int = 0,
+               seeds: Optional[Sequence[Sequence[int]]] = None, progress: bool = False) -> SearchResult:
+        """Search for generator images whose downscaled version matches ``target``.
+
+        Args:
+            target: [B, C, h, w] (or [C, h, w]) in [0, 1]; h and w must divide the generator resolution.
+            restarts: R, restarts per input.
+            seed: derives every restart's seed (``latent.restart_seed(seed, b, r)``).
+            seeds: explicit [B][R] restart seeds instead (a restart's trajectory depends only on its seed).
+            progress: show a tqdm bar (updated at sync points) with the best L2 of each input.
+        """
+        G = self.generator
+        param = next(G.parameters())
+        device, dtype = param.device, param.dtype
+        if target.dim() == 3:
+            target = target.unsqueeze(0)
+        res = G.img_resolution
+        if target.dim() != 4 or target.shape[1] != G.img_channels:
+            raise ValueError(f"target must be [B, C, h, w] with C={G.img_channels}, got {list(target.shape)}")
+        h, w = target.shape[-2:]
+        if res % h or res % w:
+            raise ValueError(f"target size {h}x{w} must divide the generator resolution {res}")
+        num_images = target.shape[0]
+        if seeds is None:
+            if int(restarts) < 1:
+                raise ValueError(f"restarts must be >= 1, got {restarts}")
+            seeds = [[restart_seed(seed, b, r) for r in range(int(restarts))] for b in range(num_images)]
+        seeds = [[int(s) for s in row] for row in seeds]
+        if len(seeds) != num_images or len({len(row) for row in seeds}) != 1 or not seeds[0]:
+            raise ValueError(f"seeds must be [B][R] with B={num_images} and R >= 1 the same for every input")
+        num_restarts = len(seeds[0])
+        n = num_images * num_restarts
+        target = target.to(device=device, dtype=dtype)
+
+        t0 = time.perf_counter()
+        stats = self.latent_stats()
+        stats_seconds = time.perf_counter() - t0
+
+        saved_flags = [p.requires_grad for p in G.parameters()]
+        saved_impl = getattr(G, "impl", None)
+        try:
+            G.requires_grad_(False)
+            if self.impl is not None:
+                G.set_impl(self.impl)
+            return self._run(target, seeds, n, num_images, num_restarts, stats, stats_seconds, device, dtype,
+                             progress)
+        finally:
+            for p, flag in zip(G.parameters(), saved_flags):
+                p.requires_grad_(flag)
+            if self.impl is not None and saved_impl is not None:
+                G.set_impl(saved_impl)
+
+    def _run(self, target, seeds, n, num_images, num_restarts, stats, stats_seconds, device, dtype, progress):
+        G = self.generator
+        loss_impl = self.impl or "auto"
+        latent, noise, kinds = self._init_rows([s for row in seeds for s in row], device, dtype)
+        latent.requires_grad_(True)
+        trainable = [i for i, k in enumerate(kinds) if k == "trainable"]
+        fixed = [i for i, k in enumerate(kinds) if k == "fixed"]
+        for i in trainable:
+            noise[i].requires_grad_(True)
+        opt = SphericalOptimizer([latent] + [noise[i] for i in trainable], self.optimizer, self.learning_rate)
+
+        # Results for all N rows; rows that leave the batch (or the whole batch at the end) land here.
+        out_img = torch.zeros(n, G.img_channels, G.img_resolution, G.img_resolution, device=device, dtype=dtype)
+        out_latent = torch.zeros(n, *latent.shape[1:], device=device, dtype=dtype)
+        out_l2 = torch.full((n,), float("inf"), device=device, dtype=dtype)
+        out_l1, out_loss = out_l2.clone(), out_l2.clone()
+        out_conv = torch.zeros(n, dtype=torch.bool, device=device)
+        out_step = torch.full((n,), -1, dtype=torch.long, device=device)
+
+        # The same for the rows in the batch (row i of the batch is global row rows[i]).
+        rows = torch.arange(n, device=device)
+        image_of_row = rows // num_restarts
+        row_target = target if num_images == 1 else target.index_select(0, image_of_row)
+        best_img = out_img.clone()
+        best_latent = out_latent.clone()
+        best_l2, best_l1, best_loss = out_l2.clone(), out_l1.clone(), out_loss.clone()
+        active = torch.ones(n, dtype=torch.bool, device=device)
+        conv_step = out_step.clone()
+
+        def flush():
+            out_img.index_copy_(0, rows, best_img)
+            out_latent.index_copy_(0, rows, best_latent)
+            for dst, src in ((out_l2, best_l2), (out_l1, best_l1), (out_loss, best_loss), (out_step, conv_step)):
+                dst.index_copy_(0, rows, src)
+            out_conv.index_copy_(0, rows, ~active)
+
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=self.steps, desc="PULSE", unit="step")
+        steps_run = 0
+        start = time.perf_counter()
+        for step in range(self.steps):
+            w = latent_to_w(latent, stats, G.num_ws)
+            img = (G.synthesis(w, noise_mode="const", noise=noise) + 1) / 2
+            l2, l1 = downscale_losses(img, row_target, self.downscale, loss_impl)
+            loss = per_restart_loss(self.loss_terms, l2, l1, w[:, :1] if self.tile_latent else w, self.eps)
+            loss.sum().backward()
+            with torch.no_grad():
+                newly = active & (l2 < self.eps)
+                better = active & ((loss < best_loss) | newly)
+                best_img = torch.where(better.view(-1, 1, 1, 1), img, best_img)
+                best_latent = torch.where(better.view(-1, 1, 1), latent, best_latent)
+                best_l2 = torch.where(better, l2, best_l2)
+                best_l1 = torch.where(better, l1, best_l1)
+                best_loss = torch.where(better, loss, best_loss)
+                conv_step = torch.where(newly, step, conv_step)
+                active = active & ~newly
+            opt.step(lr_factor(self.lr_schedule, step, self.steps), active=active)
+            opt.zero_grad()
+            del img, w, loss, l2, l1
+            steps_run = step + 1
+            if steps_run % self.sync_every == 0 or steps_run == self.steps:
+                num_active = int(active.sum())  # the only host synchronisation
+                if bar is not None:
+                    bar.update(steps_run - bar.n)
+                    bar.set_postfix_str(self._progress_text(out_l2, rows, best_l2, num_images, num_restarts,
+                                                            num_active))
+                if num_active == 0:
+                    break
+                if self.drop_converged and num_active < rows.numel():
+                    flush()
+                    keep = active.nonzero().squeeze(1)
+                    params = opt.keep(keep)
+                    latent = params[0]
+                    for j, i in enumerate(trainable):
+                        noise[i] = params[1 + j]
+                    for i in fixed:
+                        noise[i] = noise[i].index_select(0, keep)
+                    rows = rows.index_select(0, keep)
+                    row_target = target if num_images == 1 else row_target.index_select(0, keep)
+                    best_img, best_latent = best_img.index_select(0, keep), best_latent.index_select(0, keep)
+                    best_l2, best_l1 = best_l2.index_select(0, keep), best_l1.index_select(0, keep)
+                    best_loss, conv_step = best_loss.index_select(0, keep), conv_step.index_select(0, keep)
+                    active = active.index_select(0, keep)
+        flush()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+        if bar is not None:
+            bar.close()
+
+        def per_image(t):
+            return t.view(num_images, num_restarts, *t.shape[1:])
+
+        return SearchResult(
+            images=per_image(out_img.clamp_(0, 1)), latents=per_image(out_latent), l2=per_image(out_l2),
+            l1=per_image(out_l1), loss=per_image(out_loss), converged=per_image(out_conv),
+            converged_step=per_image(out_step), seeds=seeds, steps_run=steps_run, seconds=seconds,
+            stats_seconds=stats_seconds,
+            timings={"search_s": seconds, "seconds_per_step": seconds / max(steps_run, 1), "stats_s": stats_seconds})
+
+    @staticmethod
+    def _progress_text(out_l2, rows, best_l2, num_images, num_restarts, num_active) -> str:
+        l2 = out_l2.clone()
+        l2.index_copy_(0, rows, best_l2)
+        best = l2.view(num_images, num_restarts).min(1).values.tolist()
+        return "best L2 " + " ".join(f"{v:.2e}" for v in best) + f" | active {num_active}"
+
+
+def pulse_search(generator, target: torch.Tensor, *, restarts: int = 8, seed: int = 0, progress: bool = False,
+                 **options) -> SearchResult:
+    """One-call form: ``PULSE(generator, **options).search(target, restarts, seed, progress=progress)``."""
+    return PULSE(generator, **options).search(target, restarts=restarts, seed=seed, progress=progress)
