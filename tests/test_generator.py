@@ -140,7 +140,7 @@ def test_init_kwargs_rebuild_and_load():
 
 def test_unsupported_configs_are_rejected():
     with pytest.raises(ValueError, match="'skip'"):
-        Generator(8, 0, 8, 8, 3, synthesis_kwargs=dict(channel_base=64, channel_max=16, architecture="resnet"))
+        Generator(8, 0, 8, 8, 3, synthesis_kwargs=dict(channel_base=64, channel_max=16, architecture="dense"))
     with pytest.raises(ValueError, match=r"resample_filter=\[1, 3, 3, 1\]"):
         Generator(8, 0, 8, 8, 3, synthesis_kwargs=dict(channel_base=64, channel_max=16, resample_filter=[1, 2, 1]))
     with pytest.raises(ValueError, match="power of two"):
@@ -162,11 +162,18 @@ def test_output_shape_dtype_and_range():
         assert 0.05 < img.std().item() < 5
 
 
-def test_orig_architecture_runs():
-    G = make_generator(architecture="orig")
+@pytest.mark.parametrize("architecture", ["orig", "resnet"])
+def test_orig_and_resnet_architectures_run(architecture):
+    G = make_generator(architecture=architecture)
     assert not hasattr(G.synthesis.b8, "torgb") and hasattr(G.synthesis.b16, "torgb")
     assert G.num_ws == 6
-    assert G.synthesis(random_ws(G, 2), noise_mode="const").shape == (2, 3, 16, 16)
+    keys = set(G.state_dict())
+    has_skip = {"synthesis.b8.skip.weight", "synthesis.b8.skip.resample_filter"} <= keys
+    assert has_skip == (architecture == "resnet") and "synthesis.b4.skip.weight" not in keys
+    if architecture == "resnet":
+        assert G.state_dict()["synthesis.b16.skip.weight"].shape == (16, 32, 1, 1)
+    img = G.synthesis(random_ws(G, 2), noise_mode="const")
+    assert img.shape == (2, 3, 16, 16) and torch.isfinite(img).all()
 
 
 def test_fully_connected_equalised_lr():

@@ -2,7 +2,8 @@
 
 Semantics, constructor arguments and state-dict names follow NVIDIA's stylegan2-ada-pytorch
 ``training/networks.py`` Generator, so its G_ema weights load with ``load_state_dict`` and give the
-same pictures (the config-'skip' generator every published StyleGAN2 checkpoint uses, plus 'orig').
+same pictures (the 'skip' architecture every published StyleGAN2 generator uses; 'orig' and 'resnet'
+too).
 Everything runs in the dtype of the parameters (float32 by default; ``G.double()`` gives float64);
 NVIDIA's fp16 options are accepted and ignored.
 
@@ -24,7 +25,7 @@ from pulse_ext import ops
 
 IMPLS = ("auto", "fused", "reference")
 NOISE_MODES = ("random", "const", "none")
-SUPPORTED_ARCHITECTURES = ("skip", "orig")
+SUPPORTED_ARCHITECTURES = ("skip", "orig", "resnet")
 SUPPORTED_RESAMPLE_FILTER = [1, 3, 3, 1]
 
 # name -> (negative slope, default gain), as NVIDIA's bias_act table for the activations that are a
@@ -185,6 +186,42 @@ class MappingNetwork(torch.nn.Module):
         return f"z_dim={self.z_dim}, c_dim={self.c_dim}, w_dim={self.w_dim}, num_ws={self.num_ws}"
 
 
+class Conv2dLayer(torch.nn.Module):
+    """Equalised-learning-rate convolution without modulation: the 'resnet' generator's 1x1 skip path.
+
+    Only what that path needs: [N, in, H, W] -> [N, out, H*up, W*up], kernel_size 1 when up=2, linear
+    activation scaled by ``gain``. Parameters are cast to x.dtype.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,
+                 activation: str = "linear", up: int = 1, resample_filter: Sequence[int] = SUPPORTED_RESAMPLE_FILTER,
+                 conv_clamp: Optional[float] = None, channels_last: bool = False):
+        super().__init__()
+        if up not in (1, 2) or (up == 2 and kernel_size != 1) or kernel_size % 2 != 1:
+            raise ValueError(f"Conv2dLayer: supports up=1 with an odd kernel or up=2 with kernel_size=1, "
+                             f"got up={up}, kernel_size={kernel_size}")
+        self.activation = activation
+        self.slope, self.act_gain = _activation(activation, "Conv2dLayer")
+        self.up = up
+        self.conv_clamp = conv_clamp
+        self.impl = "auto"
+        self.register_buffer("resample_filter", _fir_filter_buffer())
+        self.padding = kernel_size // 2
+        self.weight_gain = 1 / math.sqrt(in_channels * kernel_size ** 2)
+        self.weight = torch.nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]))
+        self.bias = torch.nn.Parameter(torch.zeros([out_channels])) if bias else None
+
+    def forward(self, x: torch.Tensor, gain: float = 1) -> torch.Tensor:
+        dtype = x.dtype
+        x = torch.nn.functional.conv2d(x, (self.weight * self.weight_gain).to(dtype), padding=self.padding)
+        if self.up == 2:
+            # A 1x1 convolution commutes with the per-channel FIR upsampling, so it runs at the low resolution.
+            x = ops.upsample2d(x, impl=self.impl)
+        act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        return ops.noise_bias_act(x, None, None, None if self.bias is None else self.bias.to(dtype), slope=self.slope,
+                                  gain=self.act_gain * gain, clamp=act_clamp, impl=self.impl)
+
+
 class SynthesisLayer(torch.nn.Module):
     """Modulated 3x3 convolution (optionally 2x upsampling) + noise + bias + activation.
 
@@ -293,8 +330,8 @@ class SynthesisBlock(torch.nn.Module):
                  **layer_kwargs):
         super().__init__()
         if architecture not in SUPPORTED_ARCHITECTURES:
-            raise ValueError(f"SynthesisBlock: architecture must be one of {SUPPORTED_ARCHITECTURES} "
-                             f"(NVIDIA's 'resnet' generator is not implemented), got {architecture!r}")
+            raise ValueError(f"SynthesisBlock: architecture must be one of {SUPPORTED_ARCHITECTURES}, "
+                             f"got {architecture!r}")
         if [float(t) for t in resample_filter] != [float(t) for t in SUPPORTED_RESAMPLE_FILTER]:
             raise ValueError(f"SynthesisBlock: only resample_filter={SUPPORTED_RESAMPLE_FILTER} is supported "
                              f"(the fused ops hard-code it), got {list(resample_filter)}")
@@ -322,6 +359,9 @@ class SynthesisBlock(torch.nn.Module):
         if is_last or architecture == "skip":
             self.torgb = ToRGBLayer(out_channels, img_channels, w_dim=w_dim, conv_clamp=conv_clamp)
             self.num_torgb += 1
+        if in_channels != 0 and architecture == "resnet":
+            self.skip = Conv2dLayer(in_channels, out_channels, kernel_size=1, bias=False, up=2,
+                                    resample_filter=resample_filter)
 
     def noise_layers(self) -> List[Tuple[str, "SynthesisLayer"]]:
         """(name within the block, layer) for the layers that take noise, in forward order."""
@@ -342,9 +382,17 @@ class SynthesisBlock(torch.nn.Module):
         w_iter = iter(ws.unbind(dim=1))
         if self.in_channels == 0:
             x = self.const.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
+            x = self.conv1(x, next(w_iter), noise_mode=noise_mode, noise=noise_by_layer.get("conv1"))
+        elif self.architecture == "resnet":
+            # sqrt(1/2) on both branches keeps the sum at unit variance.
+            y = self.skip(x, gain=math.sqrt(0.5))
+            x = self.conv0(x, next(w_iter), noise_mode=noise_mode, noise=noise_by_layer.get("conv0"))
+            x = self.conv1(x, next(w_iter), noise_mode=noise_mode, noise=noise_by_layer.get("conv1"),
+                           gain=math.sqrt(0.5))
+            x = y + x
         else:
             x = self.conv0(x, next(w_iter), noise_mode=noise_mode, noise=noise_by_layer.get("conv0"))
-        x = self.conv1(x, next(w_iter), noise_mode=noise_mode, noise=noise_by_layer.get("conv1"))
+            x = self.conv1(x, next(w_iter), noise_mode=noise_mode, noise=noise_by_layer.get("conv1"))
 
         if img is not None:
             img = ops.upsample2d(img, impl=self.impl)
