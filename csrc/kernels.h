@@ -1,0 +1,90 @@
+// Raw-pointer kernels behind the ops, one set per backend. The op functions in csrc/*.cpp validate,
+// allocate and pick the backend; these only compute. Tensors are contiguous NCHW.
+// CPU kernels: csrc/cpu/*.cpp (at::parallel_for); CUDA kernels: csrc/cuda/*.cu.
+#pragma once
+#include <cstdint>
+
+#include "common/noise_bias_act.h"
+
+#ifdef PULSE_EXT_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+namespace pulse_ext {
+
+// Arguments shared by both backends. Optional inputs are nullptr when absent.
+template <typename T>
+struct NoiseBiasActArgs {
+  const T* x;               // [N, C, HW]
+  const T* demod;           // [N, C] or nullptr
+  const T* noise;           // [noise_batch, HW] or nullptr
+  const T* noise_strength;  // scalar or nullptr (= 1); on the tensors' device
+  const T* bias;            // [C] or nullptr
+  int64_t N, C, HW, noise_batch;
+  NoiseBiasActParams<T> p;
+};
+
+template <typename T>
+struct NoiseBiasActGrads {
+  T* grad_x;             // [N, C, HW]
+  T* demod_partial;      // [N, C]: sum over the plane of gt * x  (only when demod)
+  T* bias_partial;       // [N, C]: sum over the plane of gt
+  T* noise_channel_sum;  // [N, HW]: sum over channels of gt   (only when noise)
+};
+
+// area-downscale loss: img [N, C, H, W], target [target_batch, C, h, w], factor fh = H / h, fw = W / w.
+template <typename T>
+struct AreaDownscaleArgs {
+  const T* img;
+  const T* target;
+  int64_t N, C, H, W, h, w, target_batch;
+};
+
+namespace cpu {
+template <typename T> void noise_bias_act_forward(const NoiseBiasActArgs<T>& a, T* y);
+template <typename T> void noise_bias_act_backward(const NoiseBiasActArgs<T>& a, const T* grad, const T* y,
+                                                   const NoiseBiasActGrads<T>& g);
+// diff [N, C, h, w] = blockmean(img) - target; partial sums of diff^2 and |diff| per (n, c) plane.
+template <typename T> void area_downscale_forward(const AreaDownscaleArgs<T>& a, T* diff, T* sq_partial, T* abs_partial);
+// grad_img from diff and per-sample scales (see common/area_downscale.h).
+template <typename T> void area_downscale_backward(const T* diff, const T* scale2, const T* scale1, T* grad_img,
+                                                   int64_t N, int64_t C, int64_t H, int64_t W, int64_t h, int64_t w);
+// out[n, c, :] = x[n, c, :] * scale[n, c]   (x: [N, C, HW])
+template <typename T> void scale_channels(const T* x, const T* scale, T* out, int64_t N, int64_t C, int64_t HW);
+// grad_x = grad * s; grad_s[n, c] = sum_hw grad * x   (the backward of scale_channels, one pass)
+template <typename T> void scale_channels_backward(const T* grad, const T* x, const T* scale, T* grad_x, T* grad_s,
+                                                   int64_t N, int64_t C, int64_t HW);
+// grad_pre = grad * d; grad_d[n, c] = sum_hw grad * y / d   (y = d * pre, the demodulated output)
+template <typename T> void demod_backward(const T* grad, const T* y, const T* demod, T* grad_pre, T* grad_demod,
+                                          int64_t N, int64_t C, int64_t HW);
+// out [N*C, 2H, 2W] = scale[nc] * FIR(in [N*C, 2H+1, 2W+1]); scale may be nullptr (= 1)
+template <typename T> void fir_upsample_forward(const T* in, const T* scale, T* out, int64_t planes, int64_t hi, int64_t wi);
+// grad_in [N*C, 2H+1, 2W+1] = FIR^T(grad_out [N*C, 2H, 2W]) (already multiplied by the scale)
+template <typename T> void fir_upsample_backward(const T* grad_out, T* grad_in, int64_t planes, int64_t hi, int64_t wi);
+}  // namespace cpu
+
+#ifdef PULSE_EXT_WITH_CUDA
+namespace cuda {
+template <typename T> void noise_bias_act_forward(const NoiseBiasActArgs<T>& a, T* y, cudaStream_t stream);
+template <typename T> void noise_bias_act_backward(const NoiseBiasActArgs<T>& a, const T* grad, const T* y,
+                                                   const NoiseBiasActGrads<T>& g, cudaStream_t stream);
+// sq_partial / abs_partial: [N, C * h] partial sums (one per output row).
+template <typename T> void area_downscale_forward(const AreaDownscaleArgs<T>& a, T* diff, T* sq_partial, T* abs_partial,
+                                                  cudaStream_t stream);
+template <typename T> void area_downscale_backward(const T* diff, const T* scale2, const T* scale1, T* grad_img,
+                                                   int64_t N, int64_t C, int64_t H, int64_t W, int64_t h, int64_t w,
+                                                   cudaStream_t stream);
+template <typename T> void scale_channels(const T* x, const T* scale, T* out, int64_t N, int64_t C, int64_t HW,
+                                          cudaStream_t stream);
+template <typename T> void scale_channels_backward(const T* grad, const T* x, const T* scale, T* grad_x, T* grad_s,
+                                                   int64_t N, int64_t C, int64_t HW, cudaStream_t stream);
+template <typename T> void demod_backward(const T* grad, const T* y, const T* demod, T* grad_pre, T* grad_demod,
+                                          int64_t N, int64_t C, int64_t HW, cudaStream_t stream);
+template <typename T> void fir_upsample_forward(const T* in, const T* scale, T* out, int64_t planes, int64_t hi,
+                                                int64_t wi, cudaStream_t stream);
+template <typename T> void fir_upsample_backward(const T* grad_out, T* grad_in, int64_t planes, int64_t hi, int64_t wi,
+                                                 cudaStream_t stream);
+}  // namespace cuda
+#endif
+
+}  // namespace pulse_ext
