@@ -1,0 +1,71 @@
+"""pulse_ext's own checkpoint format: one ``.safetensors`` file.
+
+Tensors: the generator's state dict (NVIDIA G_ema names). Metadata (all strings, as safetensors
+requires): ``format_version`` = "1", ``pulse_ext_config`` = JSON of ``Generator.init_kwargs``,
+``pulse_ext_source_format`` = where the weights came from (e.g. ``nvidia-pickle``).
+safetensors holds no code, so reading it cannot run any.
+"""
+import json
+import os
+import tempfile
+
+import safetensors
+import safetensors.torch
+
+from pulse_ext.checkpoints._common import ConvertedCheckpoint, normalize_generator_config
+from pulse_ext.checkpoints.errors import CheckpointError
+
+SOURCE_FORMAT = "pulse_ext"
+FORMAT_VERSION = "1"
+CONFIG_KEY = "pulse_ext_config"
+SOURCE_KEY = "pulse_ext_source_format"
+
+
+def save_generator(G, path, *, source_format=SOURCE_FORMAT):
+    """Write generator ``G`` to ``path`` (``.safetensors``) atomically: temp file + rename.
+
+    A reader never sees a half-written file, and an existing file is replaced only on success.
+    """
+    config = getattr(G, "init_kwargs", None)
+    if not isinstance(config, dict):
+        raise TypeError(f"save_generator: G must have a dict init_kwargs, got {type(config).__name__}")
+    state = {name: tensor.detach().to("cpu").clone().contiguous() for name, tensor in G.state_dict().items()}
+    metadata = {"format_version": FORMAT_VERSION, CONFIG_KEY: json.dumps(config, sort_keys=True),
+                SOURCE_KEY: str(source_format)}
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".pulse_ext-", suffix=".safetensors.tmp", dir=directory)
+    os.close(fd)
+    try:
+        safetensors.torch.save_file(state, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_native(path):
+    """``.safetensors`` written by :func:`save_generator` -> ConvertedCheckpoint."""
+    try:
+        with safetensors.safe_open(os.fspath(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            state_dict = {name: f.get_tensor(name) for name in f.keys()}
+    except (safetensors.SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"corrupt or truncated safetensors file: {exc}") from None
+    if CONFIG_KEY not in metadata:
+        keys = ", ".join(sorted(metadata)) or "none"
+        raise CheckpointError(f"safetensors file without pulse_ext metadata (metadata keys: {keys}); "
+                              "only files written by pulse_ext (pulse-ext convert) are understood")
+    version = metadata.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"pulse_ext safetensors format_version {version!r}; this pulse_ext reads '1'")
+    try:
+        config = json.loads(metadata[CONFIG_KEY])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"pulse_ext_config metadata is not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError("pulse_ext_config metadata is not a JSON object")
+    config = normalize_generator_config(config, SOURCE_FORMAT)
+    return ConvertedCheckpoint(config=config, state_dict=state_dict, source_format=SOURCE_FORMAT,
+                               origin=metadata.get(SOURCE_KEY, SOURCE_FORMAT))
