@@ -26,8 +26,9 @@ NOISE_TYPES = ("zero", "fixed", "trainable")
 class SearchResult:
     """What ``PULSE.search`` found, per input b and restart r (tensors on the search device).
 
-    images: [B, R, C, H, W] in [0, 1], each restart's best image (its converged image if it
-        converged, else its lowest-loss one). latents: [B, R, L, D] the latent that gave it (L = num_ws,
+    images: [B, R, C, H, W], each restart's best image (its converged image if it converged, else its
+        lowest-loss one), as (G(w) + 1) / 2 *unclamped*: the losses are computed on it, as in the
+        original; clamp to [0, 1] for display. latents: [B, R, L, D] the latent that gave it (L = num_ws,
         or 1 with tile_latent). l2, l1, loss: [B, R] at that image (l2/l1 unclamped, loss as optimised).
     converged: [B, R] bool (l2 < eps). converged_step: [B, R] the 0-based step, -1 if never.
     seeds: [B][R] the restart seeds. steps_run: steps executed (fewer than ``steps`` when all converged).
@@ -333,7 +334,7 @@ class PULSE:
             return t.view(num_images, num_restarts, *t.shape[1:])
 
         return SearchResult(
-            images=per_image(out_img.clamp_(0, 1)), latents=per_image(out_latent), l2=per_image(out_l2),
+            images=per_image(out_img), latents=per_image(out_latent), l2=per_image(out_l2),
             l1=per_image(out_l1), loss=per_image(out_loss), converged=per_image(out_conv),
             converged_step=per_image(out_step), seeds=seeds, steps_run=steps_run, seconds=seconds,
             stats_seconds=stats_seconds,

@@ -1,0 +1,272 @@
+"""PULSE search: loss parsing, GEOCROSS, schedules, sphere projection, optimiser parity, batching, convergence."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pulse_ext.pulse import (PULSE, SphericalOptimizer, bicubic_downscale, bicubic_kernel, downscale_losses,
+                             fit_latent_stats, geocross, latent_to_w, lr_factor, parse_loss, per_restart_loss,
+                             project_to_sphere, restart_seed, sphere_radius)
+from pulse_ext.pulse.losses import LossTerm
+from pulse_ext.stylegan2 import Generator
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # 2-core machines shared with other jobs: OpenMP spin-waiting collapses multi-threaded throughput.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_generator(resolution=16, seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    G = Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=resolution, img_channels=3,
+                  mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=512, channel_max=32))
+    with torch.no_grad():  # NVIDIA initialises noise_strength to 0; give the noise maps something to do
+        for module in G.modules():
+            if hasattr(module, "noise_strength"):
+                module.noise_strength.fill_(0.1)
+    return G.to(dtype)
+
+
+@pytest.fixture(scope="module")
+def G():
+    return tiny_generator()
+
+
+@pytest.fixture(scope="module")
+def targets(G):
+    """Two 4x4 targets the generator can produce: area-downscaled samples."""
+    with torch.no_grad():
+        z = torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(5))
+        img = ((G(z, noise_mode="const") + 1) / 2).clamp(0, 1)
+    return F.avg_pool2d(img, 4)
+
+
+# ---------------------------------------------------------------- loss string
+
+def test_parse_loss_default_and_variants():
+    assert parse_loss("100*L2+0.05*GEOCROSS") == [LossTerm(100.0, "L2"), LossTerm(0.05, "GEOCROSS")]
+    assert parse_loss(" l2 + 1e+2 * l1 ") == [LossTerm(1.0, "L2"), LossTerm(100.0, "L1")]
+    assert parse_loss(".5*GEOCROSS+2.*L2") == [LossTerm(0.5, "GEOCROSS"), LossTerm(2.0, "L2")]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("", "non-empty"),
+    ("100*L3", "unknown term 'L3'"),
+    ("100*L2+L2", "more than once"),
+    ("100*", "cannot parse"),
+    ("-1*L2", "cannot parse"),
+    ("100*L2+", "cannot parse"),
+    ("2*3*L2", "cannot parse"),
+])
+def test_parse_loss_errors(spec, message):
+    with pytest.raises(ValueError, match=message):
+        parse_loss(spec)
+
+
+def test_per_restart_loss_clamps_and_weights():
+    l2 = torch.tensor([1e-4, 0.5])
+    l1 = torch.tensor([0.2, 1e-5])
+    w = torch.randn(2, 3, 4)
+    loss = per_restart_loss(parse_loss("100*L2+2*L1"), l2, l1, w, eps=2e-3)
+    expected = 100 * torch.tensor([2e-3, 0.5]) + 2 * 10 * torch.tensor([0.2, 2e-3])
+    torch.testing.assert_close(loss, expected)
+
+
+# ---------------------------------------------------------------- GEOCROSS
+
+def test_geocross_hand_computed():
+    # Rows of equal norm: orthogonal (angle pi/2) and antipodal (angle pi); D = 4.
+    d = 4
+    orthogonal = torch.tensor([[[2.0, 0, 0, 0], [0, 2.0, 0, 0]]])
+    antipodal = torch.tensor([[[0, 0, 3.0, 0], [0, 0, -3.0, 0]]])
+    # mean over the 2x2 pair matrix: two off-diagonal entries with angle^2, diagonals ~0; times D / 8.
+    expected = torch.tensor([2 * (math.pi / 2) ** 2 / 4 * d / 8, 2 * math.pi ** 2 / 4 * d / 8])
+    got = geocross(torch.cat([orthogonal, antipodal]))
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert geocross(torch.randn(3, 1, 8)).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_geocross_is_per_restart():
+    w = torch.randn(3, 5, 8)
+    torch.testing.assert_close(geocross(w), torch.cat([geocross(w[i:i + 1]) for i in range(3)]))
+
+
+# ---------------------------------------------------------------- schedules
+
+def test_lr_schedules_hand_values():
+    assert lr_factor("fixed", 37, 100) == 1.0
+    assert [lr_factor("linear1cycle", s, 100) for s in (0, 25, 50, 75)] == pytest.approx([0.1, 0.55, 1.0, 0.55])
+    drop = [lr_factor("linear1cycledrop", s, 100) for s in (0, 45, 90, 95, 99)]
+    assert drop == pytest.approx([0.1, 1.0, 0.1, 0.1 + 0.5 * (0.001 - 0.1), 0.1 + 0.9 * (0.001 - 0.1)])
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        lr_factor("cosine", 0, 10)
+
+
+# ---------------------------------------------------------------- sphere and optimiser
+
+def test_sphere_projection_hand_computed():
+    x = torch.tensor([[[3.0, 4.0, 0.0], [0.0, 0.0, 2.0]]])
+    torch.testing.assert_close(sphere_radius(x), torch.tensor([[[5.0], [2.0]]]))
+    torch.testing.assert_close(project_to_sphere(x, torch.tensor(10.0)), torch.tensor([[[6.0, 8.0, 0], [0, 0, 10.0]]]))
+    noise = torch.full((2, 1, 2, 2), 3.0)  # one sphere per [restart, channel] map: radius 6
+    torch.testing.assert_close(sphere_radius(noise), torch.full((2, 1, 1, 1), 6.0))
+
+
+def _original_spherical_step(opt, params, radii):
+    opt.step()
+    with torch.no_grad():
+        for p, r in zip(params, radii):
+            p.div_((p.pow(2).sum(tuple(range(2, p.ndim)), keepdim=True) + 1e-9).sqrt()).mul_(r)
+
+
+@pytest.mark.parametrize("name, torch_opt", [
+    ("adam", lambda ps: torch.optim.Adam(ps, lr=0.4)),
+    ("adamax", lambda ps: torch.optim.Adamax(ps, lr=0.4)),
+    ("sgd", lambda ps: torch.optim.SGD(ps, lr=0.4)),
+    ("sgdm", lambda ps: torch.optim.SGD(ps, lr=0.4, momentum=0.9)),
+])
+def test_spherical_optimizer_matches_torch_optim_plus_projection(name, torch_opt):
+    torch.manual_seed(0)
+    start = [torch.randn(3, 4, 5, dtype=torch.float64), torch.randn(3, 1, 2, 2, dtype=torch.float64)]
+    target = [torch.randn_like(s) for s in start]
+    ours = [s.clone().requires_grad_() for s in start]
+    theirs = [s.clone().requires_grad_() for s in start]
+    opt = SphericalOptimizer(ours, name, lr=0.4)
+    ref = torch_opt(theirs)
+    radii = [sphere_radius(p).detach() for p in theirs]
+    for step in range(4):
+        for params in (ours, theirs):
+            sum(((p - t) ** 3).abs().sum() for p, t in zip(params, target)).backward()
+        opt.step()
+        opt.zero_grad()
+        _original_spherical_step(ref, theirs, radii)
+        ref.zero_grad()
+    for a, b, r in zip(ours, theirs, radii):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(sphere_radius(a), r)
+
+
+def test_spherical_optimizer_freezes_inactive_rows_and_keeps():
+    p = torch.randn(3, 2, 4, requires_grad=True)
+    before = p.detach().clone()
+    opt = SphericalOptimizer([p], "adam", lr=0.1)
+    p.sum().backward()
+    opt.step(active=torch.tensor([True, False, True]))
+    assert torch.equal(p[1], before[1]) and not torch.equal(p[0], before[0])
+    kept = opt.keep(torch.tensor([0, 2]))[0]
+    assert kept.shape == (2, 2, 4) and kept.requires_grad and opt.state[0]["exp_avg"].shape == (2, 2, 4)
+
+
+# ---------------------------------------------------------------- downscalers
+
+def test_bicubic_kernel_hand_computed():
+    # factor 1: taps at -1.5, -0.5, 0.5, 1.5 of the a=-0.5 cubic: w(0.5) = 0.5625, w(1.5) = -0.0625 (sum 1)
+    torch.testing.assert_close(bicubic_kernel(1), torch.tensor([-0.0625, 0.5625, 0.5625, -0.0625]))
+    k4 = bicubic_kernel(4)
+    assert k4.numel() == 16 and abs(float(k4.sum()) - 1) < 1e-6 and torch.equal(k4, k4.flip(0))
+
+
+def test_bicubic_downscale_shape_constant_and_losses():
+    img = torch.full((2, 3, 16, 16), 0.25)
+    out = bicubic_downscale(img, 4)
+    assert out.shape == (2, 3, 4, 4)
+    torch.testing.assert_close(out, torch.full_like(out, 0.25))
+    l2, l1 = downscale_losses(img, torch.full((1, 3, 4, 4), 0.75), "bicubic")
+    torch.testing.assert_close(l2, torch.full((2,), 0.25))
+    torch.testing.assert_close(l1, torch.full((2,), 0.5))
+
+
+# ---------------------------------------------------------------- mapping statistics
+
+def test_latent_stats_invert_the_mapping_lrelu(G):
+    # NVIDIA's final lrelu has gain sqrt(2); positive homogeneity keeps lrelu(lrelu(w, 5), 0.2) == w.
+    with torch.no_grad():
+        w = G.mapping(torch.randn(64, G.z_dim), None, skip_w_avg_update=True)[:, 0]
+        torch.testing.assert_close(F.leaky_relu(F.leaky_relu(w, 5.0), 0.2), w)
+        stats = fit_latent_stats(G, 4000, seed=1)
+        assert fit_latent_stats(G, 4000, seed=1) is stats  # cached
+        x = F.leaky_relu(G.mapping(torch.randn(4000, G.z_dim), None, skip_w_avg_update=True)[:, 0], 5.0)
+        torch.testing.assert_close(stats.mean, x.mean(0), atol=0.15, rtol=0)
+        torch.testing.assert_close(stats.std, x.std(0), atol=0.15, rtol=0.1)
+        assert latent_to_w(torch.zeros(1, 1, G.w_dim), stats, G.num_ws).shape == (1, G.num_ws, G.w_dim)
+
+
+def test_restart_seeds_are_distinct_and_stable():
+    seeds = {restart_seed(7, b, r) for b in range(3) for r in range(4)}
+    assert len(seeds) == 12 and restart_seed(7, 1, 2) == restart_seed(7, 1, 2) < 2 ** 63
+
+
+# ---------------------------------------------------------------- the search
+
+def test_search_reaches_eps_on_generator_samples(G, targets):
+    """The default loss and eps (2e-3) are reached on inputs the generator can produce (~40 steps)."""
+    result = PULSE(G, steps=100, stats_samples=2000).search(targets, restarts=2, seed=1)
+    assert result.images.shape == (2, 2, 3, 16, 16) and result.latents.shape == (2, 2, G.num_ws, G.w_dim)
+    assert result.converged.all(), result.l2
+    assert (result.l2 < 2e-3).all() and (result.converged_step >= 0).all()
+    assert result.steps_run < 100  # stopped early once every restart converged
+    # The stored image is the one its stored L2 describes.
+    l2, _ = downscale_losses(result.images.flatten(0, 1), targets.repeat_interleave(2, 0))
+    torch.testing.assert_close(l2, result.l2.flatten(), atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("noise_type, tile", [("trainable", False), ("fixed", True), ("zero", False)])
+def test_batched_restarts_equal_one_by_one(targets, noise_type, tile):
+    G64 = tiny_generator(dtype=torch.float64)
+    options = dict(steps=6, stats_samples=1000, noise_type=noise_type, tile_latent=tile, eps=1e-9)
+    batched = PULSE(G64, **options).search(targets.double(), restarts=3, seed=11)
+    for b in range(2):
+        for r in range(3):
+            solo = PULSE(G64, **options).search(targets[b:b + 1].double(), seeds=[[batched.seeds[b][r]]])
+            torch.testing.assert_close(solo.images[0, 0], batched.images[b, r], rtol=1e-9, atol=1e-9)
+            torch.testing.assert_close(solo.latents[0, 0], batched.latents[b, r], rtol=1e-9, atol=1e-9)
+            torch.testing.assert_close(solo.l2[0, 0], batched.l2[b, r], rtol=1e-9, atol=1e-12)
+
+
+def test_converged_restarts_freeze_and_dropping_them_changes_nothing(G, targets):
+    # eps between the restarts' initial L2s: some converge at step 0 and must keep their step-0 image.
+    probe = PULSE(G, steps=1, stats_samples=2000, eps=1e-9).search(targets[:1], restarts=4, seed=3)
+    eps = float(probe.l2[0].median())
+    runs = [PULSE(G, steps=8, stats_samples=2000, eps=eps, drop_converged=drop, sync_every=2)
+            .search(targets[:1], restarts=4, seed=3) for drop in (True, False)]
+    first = probe.l2[0] < eps
+    assert first.any() and not first.all()
+    for run in runs:
+        assert (run.converged_step[0][first] == 0).all()
+        torch.testing.assert_close(run.images[0][first], probe.images[0][first])
+    torch.testing.assert_close(runs[0].images, runs[1].images, rtol=1e-5, atol=1e-6)
+    assert torch.equal(runs[0].converged, runs[1].converged)
+
+
+def test_search_is_deterministic_and_best_is_lowest_loss(G, targets):
+    a = PULSE(G, steps=5, stats_samples=2000, eps=1e-9).search(targets[:1], restarts=2, seed=4)
+    b = PULSE(G, steps=5, stats_samples=2000, eps=1e-9).search(targets[:1], restarts=2, seed=4)
+    assert torch.equal(a.images, b.images) and a.seeds == b.seeds
+    assert not a.converged.any() and a.steps_run == 5
+    assert a.ranking(0)[0] == int(a.loss[0].argmin()) == a.best_index[0]
+
+
+def test_bicubic_search_runs(G, targets):
+    result = PULSE(G, steps=3, stats_samples=2000, downscale="bicubic").search(targets[:1], restarts=1, seed=0)
+    assert torch.isfinite(result.l2).all()
+
+
+def test_search_option_errors(G, targets):
+    with pytest.raises(ValueError, match="noise_type must be one of"):
+        PULSE(G, noise_type="random")
+    with pytest.raises(ValueError, match="out of range"):
+        PULSE(G, bad_noise_layers=[99])
+    with pytest.raises(ValueError, match="downscale must be one of"):
+        PULSE(G, downscale="nearest")
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        PULSE(G, optimizer="lbfgs")
+    with pytest.raises(ValueError, match="must divide the generator resolution 16"):
+        PULSE(G, stats_samples=100).search(torch.rand(1, 3, 5, 5))
+    assert PULSE(G, bad_noise_layers="0.4").bad_noise_layers == [0, 4]
+    kinds = PULSE(G, num_trainable_noise_layers=2).layer_kinds()
+    assert kinds == ["trainable", "trainable", "fixed", "fixed", "zero"]  # last layer zero by default
