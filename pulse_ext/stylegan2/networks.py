@@ -146,6 +146,11 @@ class MappingNetwork(torch.nn.Module):
 
     def forward(self, z: Optional[torch.Tensor], c: Optional[torch.Tensor] = None, truncation_psi: float = 1,
                 truncation_cutoff: Optional[int] = None, skip_w_avg_update: bool = False) -> torch.Tensor:
+        """z [N, z_dim], c [N, c_dim] or None -> ws [N, num_ws, w_dim] in the network's dtype.
+
+        Truncation: ws = w_avg + psi * (ws - w_avg), on the first ``truncation_cutoff`` ws only when
+        a cutoff is given. Differentiable wrt z (PULSE-style searches may optimise through it).
+        """
         dtype = self._dtype()
         x = None
         if self.z_dim > 0:
@@ -547,6 +552,10 @@ class Generator(torch.nn.Module):
     def forward(self, z: Optional[torch.Tensor], c: Optional[torch.Tensor] = None, truncation_psi: float = 1,
                 truncation_cutoff: Optional[int] = None, noise_mode: str = "random",
                 noise: Optional[Sequence[Optional[torch.Tensor]]] = None, **synthesis_kwargs) -> torch.Tensor:
+        """mapping then synthesis: z [N, z_dim] (c [N, c_dim]) -> img [N, img_channels, R, R].
+
+        See ``MappingNetwork.forward`` for truncation and ``SynthesisNetwork.forward`` for noise.
+        """
         ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
         return self.synthesis(ws, noise_mode=noise_mode, noise=noise, **synthesis_kwargs)
 
