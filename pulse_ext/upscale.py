@@ -1,0 +1,238 @@
+"""``upscale()``: one low-resolution face in, the generator's plausible high-resolution faces out.
+
+Input conversion (PIL / numpy / tensor -> [1, C, h, w] in [0, 1]), generator resolution checks, the
+batched PULSE search, and candidate selection (converged first, by loss, distinct images).
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Union
+
+import numpy as np
+import torch
+
+from pulse_ext.pulse.search import PULSE, SearchResult
+
+# ITU-R 601-2 luma, as PIL's convert("L").
+_LUMA = (0.299, 0.587, 0.114)
+
+
+class PulseConvergenceWarning(UserWarning):
+    """No restart (or fewer than num_outputs restarts) reached L2 < eps; the best found is returned."""
+
+
+@dataclass
+class UpscaleResult:
+    """What ``upscale(..., return_result=True)`` returns.
+
+    candidates: K PIL images, best first (converged before not converged, then by loss).
+    tensors: [K, C, H, W] float32 CPU in [0, 1], the same images. l2 / converged / restart_indices:
+    per candidate. best_index: the restart that gave candidates[0]. seed: the seed actually used (pass
+    it back to reproduce). timings: seconds for load, stats, search (and per step), total.
+    search: the full ``SearchResult`` (every restart). low_res_input: the input as [1, C, h, w] in [0, 1].
+    """
+    candidates: List["object"]
+    tensors: torch.Tensor
+    l2: List[float]
+    converged: List[bool]
+    restart_indices: List[int]
+    best_index: int
+    seed: int
+    steps_run: int
+    timings: Dict[str, float] = field(default_factory=dict)
+    search: Optional[SearchResult] = None
+    low_res_input: Optional[torch.Tensor] = None
+
+    @property
+    def image(self):
+        """The best candidate (PIL)."""
+        return self.candidates[0]
+
+
+def valid_input_sizes(resolution: int) -> List[int]:
+    """Side lengths s for which an s x s input works with a generator of this resolution (s divides it)."""
+    return [s for s in range(1, resolution + 1) if resolution % s == 0]
+
+
+def _match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """[C, h, w] -> [channels, h, w]: drop alpha, gray -> RGB by repetition, RGB -> gray by luma."""
+    c = x.shape[0]
+    if c in (2, 4):  # gray+alpha, RGBA: drop the alpha channel
+        x, c = x[:c - 1], c - 1
+    if c == channels:
+        return x
+    if c == 1 and channels == 3:
+        return x.expand(3, -1, -1)
+    if c == 3 and channels == 1:
+        luma = torch.tensor(_LUMA, dtype=x.dtype).view(3, 1, 1)
+        return (x * luma).sum(0, keepdim=True)
+    raise ValueError(f"image has {c} channels; the generator makes {channels}-channel images")
+
+
+def image_to_tensor(image, channels: int = 3) -> torch.Tensor:
+    """Convert one image to a float32 CPU tensor [1, channels, h, w] in [0, 1].
+
+    Accepts a file path, a PIL image, a numpy array (uint8 HxW / HxWxC, or float HxW / HxWxC in
+    [0, 1]), or a tensor [C, h, w] / [1, C, h, w] (uint8, or float in [0, 1]). Alpha is dropped, gray is
+    repeated to RGB, RGB is reduced to luma for a 1-channel generator.
+    """
+    from PIL import Image
+
+    if isinstance(image, (str, os.PathLike)):
+        with Image.open(image) as opened:
+            image = opened.convert("RGB" if channels == 3 else "L")
+    if isinstance(image, Image.Image):
+        if image.mode not in ("RGB", "L"):
+            image = image.convert("RGB" if channels == 3 else "L")
+        image = np.array(image)  # a writable copy
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = image[:, :, None]
+        if image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4):
+            raise ValueError(f"numpy image must be HxW or HxWxC with C in 1..4, got shape {image.shape}")
+        if image.dtype == np.uint8:
+            x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255
+        elif np.issubdtype(image.dtype, np.floating):
+            x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)
+            _check_float_range(x, "numpy float image")
+        else:
+            raise ValueError(f"numpy image must be uint8 (0..255) or float (0..1), got dtype {image.dtype}")
+    elif isinstance(image, torch.Tensor):
+        x = image.detach().cpu()
+        if x.dim() == 4:
+            if x.shape[0] != 1:
+                raise ValueError(f"upscale takes one image: tensor must be [C, h, w] or [1, C, h, w], got "
+                                 f"{list(x.shape)} (use pulse_ext.pulse.PULSE to search a batch)")
+            x = x[0]
+        if x.dim() != 3 or x.shape[0] not in (1, 2, 3, 4):
+            raise ValueError(f"tensor image must be [C, h, w] or [1, C, h, w] with C in 1..4, got {list(image.shape)}")
+        if x.dtype == torch.uint8:
+            x = x.float() / 255
+        elif x.is_floating_point():
+            x = x.float()
+            _check_float_range(x, "tensor image")
+        else:
+            raise ValueError(f"tensor image must be uint8 or float in [0, 1], got dtype {x.dtype}")
+    else:
+        raise TypeError(f"image must be a path, PIL image, numpy array or torch tensor, got {type(image).__name__}")
+    return _match_channels(x, channels).contiguous().unsqueeze(0)
+
+
+def _check_float_range(x: torch.Tensor, what: str) -> None:
+    lo, hi = float(x.min()), float(x.max())
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0 or hi > 1:
+        raise ValueError(f"{what} must have values in [0, 1], got range [{lo:.4g}, {hi:.4g}] "
+                         f"(for 0..255 data pass uint8)")
+
+
+def tensor_to_pil(x: torch.Tensor):
+    """[C, H, W] float in [0, 1] -> PIL image (RGB or L), rounding to uint8."""
+    from PIL import Image
+
+    array = (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+
+
+def _resolve_generator(generator, device):
+    """A Generator on ``device`` from a Generator, a path/name (pulse_ext.checkpoints), or None ("default")."""
+    if generator is None or isinstance(generator, (str, os.PathLike)):
+        name = "default" if generator is None else generator
+        try:
+            from pulse_ext.checkpoints import load_generator
+        except ImportError as error:
+            raise RuntimeError(f"upscale: cannot load generator {str(name)!r}: pulse_ext.checkpoints is not "
+                               f"available ({error}); pass generator=<a pulse_ext.stylegan2.Generator>") from error
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        generator = load_generator(name, device=device)
+    if not isinstance(generator, torch.nn.Module) or not hasattr(generator, "synthesis"):
+        raise TypeError(f"generator must be a pulse_ext.stylegan2.Generator, a checkpoint path or a name, "
+                        f"got {type(generator).__name__}")
+    if device is not None:
+        generator = generator.to(device)
+    return generator
+
+
+def _select(result: SearchResult, num_outputs: int) -> List[int]:
+    """``num_outputs`` restart indices of input 0: ranked, skipping images identical (as uint8) to a chosen one."""
+    order = result.ranking(0)
+    as_bytes = (result.images[0].detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    chosen, duplicates, seen = [], [], []
+    for r in order:
+        if any(torch.equal(as_bytes[r], other) for other in seen):
+            duplicates.append(r)
+            continue
+        chosen.append(r)
+        seen.append(as_bytes[r])
+    return (chosen + duplicates)[:num_outputs]
+
+
+def upscale(image, *, generator=None, restarts: int = 8, steps: int = 100, num_outputs: int = 1, eps: float = 2e-3,
+            loss: str = "100*L2+0.05*GEOCROSS", seed: Optional[int] = None,
+            device: Optional[Union[str, torch.device]] = None, progress: bool = False, return_result: bool = False,
+            **options):
+    """Super-resolve one face image with PULSE on a StyleGAN2 generator.
+
+    Args:
+        image: path, PIL image, numpy uint8 HxW(xC) / float in [0, 1], or tensor [C, h, w] / [1, C, h, w]
+            in [0, 1]. h and w must divide the generator resolution (e.g. 16x16 or 32x32 for 1024).
+        generator: a ``pulse_ext.stylegan2.Generator``, a checkpoint path or name (loaded with
+            ``pulse_ext.checkpoints.load_generator``), or None for the embedded default generator.
+        restarts: independent random restarts, searched as one batch.
+        steps, eps, loss: the PULSE search (see ``pulse_ext.pulse.PULSE``); a restart succeeds when
+            its downscaled image has mean squared error < eps against the input.
+        num_outputs: K distinct candidates to return (converged first, by loss); K <= restarts.
+        seed: makes the search deterministic; None draws one (reported in the result).
+        device: where to search; None = the generator's device (cuda if available for a loaded one).
+            A Generator passed in is moved there in place.
+        progress: show a tqdm progress bar with the best L2 so far.
+        return_result: return an ``UpscaleResult`` (candidates, L2s, flags, seed, timings) instead of images.
+        **options: forwarded to ``PULSE``: learning_rate, optimizer, lr_schedule, noise_type,
+            num_trainable_noise_layers, bad_noise_layers, tile_latent, downscale ("area" | "bicubic"),
+            sync_every, drop_converged, latent_stats, stats_samples, impl.
+    Returns:
+        A PIL image (num_outputs=1), a list of K PIL images, or an ``UpscaleResult``.
+        If no restart reaches eps, the best found is still returned, with a ``PulseConvergenceWarning``.
+    """
+    start = time.perf_counter()
+    if int(num_outputs) < 1 or int(num_outputs) > int(restarts):
+        raise ValueError(f"num_outputs must be between 1 and restarts={restarts}, got {num_outputs}")
+    generator = _resolve_generator(generator, device)
+    load_seconds = time.perf_counter() - start
+    resolution = generator.img_resolution
+    x = image_to_tensor(image, generator.img_channels)
+    h, w = x.shape[-2:]
+    if resolution % h or resolution % w:
+        raise ValueError(f"image size {w}x{h} does not fit the generator resolution {resolution}x{resolution}: "
+                         f"width and height must divide {resolution}; valid sizes are "
+                         f"{', '.join(f'{s}x{s}' for s in valid_input_sizes(resolution))}")
+    if seed is None:
+        seed = secrets.randbits(63)
+    searcher = PULSE(generator, loss=loss, eps=eps, steps=steps, **options)
+    result = searcher.search(x, restarts=restarts, seed=int(seed), progress=progress)
+
+    picked = _select(result, int(num_outputs))
+    converged = [bool(result.converged[0, r]) for r in picked]
+    l2 = [float(result.l2[0, r]) for r in picked]
+    if not any(result.converged[0].tolist()):
+        warnings.warn(f"PULSE: no restart of {restarts} reached L2 < eps={eps} in {steps} steps (best L2 "
+                      f"{min(l2):.3g}); returning the lowest-loss image(s). More restarts or steps, or a larger "
+                      f"eps, may help.", PulseConvergenceWarning, stacklevel=2)
+    elif not all(converged):
+        warnings.warn(f"PULSE: only {sum(result.converged[0].tolist())} of {restarts} restarts reached L2 < eps={eps}; "
+                      f"{converged.count(False)} of the {num_outputs} outputs did not converge",
+                      PulseConvergenceWarning, stacklevel=2)
+    tensors = result.images[0, picked].detach().float().clamp(0, 1).cpu()
+    candidates = [tensor_to_pil(t) for t in tensors]
+    if not return_result:
+        return candidates[0] if num_outputs == 1 else candidates
+    timings = {"load_s": load_seconds, "stats_s": result.stats_seconds, "search_s": result.seconds,
+               "seconds_per_step": result.seconds / max(result.steps_run, 1),
+               "total_s": time.perf_counter() - start}
+    return UpscaleResult(candidates=candidates, tensors=tensors, l2=l2, converged=converged, restart_indices=picked,
+                         best_index=picked[0], seed=int(seed), steps_run=result.steps_run, timings=timings,
+                         search=result, low_res_input=x)

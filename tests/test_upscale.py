@@ -1,0 +1,141 @@
+"""pulse_ext.upscale: input conversion and validation, candidates, warnings, generator resolution."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from pulse_ext.stylegan2 import Generator
+from pulse_ext.upscale import PulseConvergenceWarning, UpscaleResult, image_to_tensor, upscale, valid_input_sizes
+
+FAST = dict(stats_samples=1000)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def G():
+    torch.manual_seed(0)
+    G = Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=16, img_channels=3,
+                  mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=512, channel_max=32))
+    with torch.no_grad():
+        for module in G.modules():
+            if hasattr(module, "noise_strength"):
+                module.noise_strength.fill_(0.1)
+    return G
+
+
+@pytest.fixture(scope="module")
+def face(G):
+    """A 4x4 input the generator can produce, [3, 4, 4] in [0, 1]."""
+    with torch.no_grad():
+        z = torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(5))
+        return F.avg_pool2d(((G(z, noise_mode="const") + 1) / 2).clamp(0, 1), 4)[0]
+
+
+def test_image_to_tensor_conversions():
+    rgb = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3) * 5
+    expected = torch.from_numpy(rgb).permute(2, 0, 1).float().unsqueeze(0) / 255
+    torch.testing.assert_close(image_to_tensor(rgb), expected)
+    torch.testing.assert_close(image_to_tensor(Image.fromarray(rgb)), expected)
+    torch.testing.assert_close(image_to_tensor(Image.fromarray(rgb).convert("RGBA")), expected)
+    torch.testing.assert_close(image_to_tensor(torch.from_numpy(rgb).permute(2, 0, 1)), expected)
+    torch.testing.assert_close(image_to_tensor(expected), expected)
+    torch.testing.assert_close(image_to_tensor(expected[0]), expected)
+    torch.testing.assert_close(image_to_tensor(rgb.astype(np.float64) / 255), expected)
+    gray = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
+    assert torch.equal(image_to_tensor(gray), torch.from_numpy(gray).expand(1, 3, 4, 4))
+    luma = image_to_tensor(expected, channels=1)
+    torch.testing.assert_close(luma[0, 0], 0.299 * expected[0, 0] + 0.587 * expected[0, 1] + 0.114 * expected[0, 2])
+
+
+@pytest.mark.parametrize("bad, error, message", [
+    (np.full((4, 4, 3), 2.0), ValueError, r"values in \[0, 1\].*pass uint8"),
+    (torch.full((3, 4, 4), -0.5), ValueError, r"values in \[0, 1\]"),
+    (torch.rand(2, 3, 4, 4), ValueError, "one image"),
+    (np.zeros((4, 4, 3), dtype=np.int32), ValueError, "uint8"),
+    (np.zeros((4, 4, 5), dtype=np.uint8), ValueError, "HxWxC"),
+    ([[0.5]], TypeError, "PIL image, numpy array or torch tensor"),
+])
+def test_image_to_tensor_errors(bad, error, message):
+    with pytest.raises(error, match=message):
+        image_to_tensor(bad)
+
+
+@pytest.mark.parametrize("kind", ["pil", "pil_gray", "uint8", "float", "chw", "nchw"])
+def test_upscale_accepts_input_types(G, face, kind):
+    array = (face.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    image = {"pil": Image.fromarray(array), "pil_gray": Image.fromarray(array).convert("L"), "uint8": array,
+             "float": face.permute(1, 2, 0).numpy(), "chw": face, "nchw": face[None]}[kind]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PulseConvergenceWarning)
+        out = upscale(image, generator=G, restarts=1, steps=2, seed=0, **FAST)
+    assert isinstance(out, Image.Image) and out.size == (16, 16) and out.mode == "RGB"
+
+
+def test_upscale_rejects_sizes_that_do_not_divide_the_resolution(G):
+    assert valid_input_sizes(16) == [1, 2, 4, 8, 16]
+    with pytest.raises(ValueError, match=r"image size 5x5 .* resolution 16x16.*valid sizes are 1x1, 2x2, 4x4, 8x8, 16x16"):
+        upscale(torch.rand(3, 5, 5), generator=G, restarts=1, steps=1)
+    with pytest.raises(ValueError, match="num_outputs must be between 1 and restarts=2"):
+        upscale(torch.rand(3, 4, 4), generator=G, restarts=2, num_outputs=3)
+
+
+def test_upscale_converges_and_returns_ranked_distinct_candidates(G, face):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PulseConvergenceWarning)
+        result = upscale(face, generator=G, restarts=3, steps=100, num_outputs=3, seed=1, return_result=True, **FAST)
+    assert isinstance(result, UpscaleResult) and result.seed == 1
+    assert len(result.candidates) == 3 and all(c.size == (16, 16) for c in result.candidates)
+    assert all(result.converged) and max(result.l2) < 2e-3
+    assert sorted(result.restart_indices) == [0, 1, 2] and result.best_index == result.restart_indices[0]
+    losses = [float(result.search.loss[0, r]) for r in result.restart_indices]
+    assert losses == sorted(losses)
+    arrays = [np.asarray(c) for c in result.candidates]
+    assert not np.array_equal(arrays[0], arrays[1]) and not np.array_equal(arrays[1], arrays[2])
+    assert result.image is result.candidates[0]
+    assert {"load_s", "stats_s", "search_s", "seconds_per_step", "total_s"} <= set(result.timings)
+    assert result.tensors.shape == (3, 3, 16, 16) and 0 <= float(result.tensors.min()) <= float(result.tensors.max()) <= 1
+    # Same seed, same picture.
+    again = upscale(face, generator=G, restarts=3, steps=100, seed=1, **FAST)
+    assert np.array_equal(np.asarray(again), arrays[0])
+
+
+def test_upscale_without_convergence_warns_and_returns_the_best(G, face):
+    with pytest.warns(PulseConvergenceWarning, match="no restart of 3 reached L2 < eps"):
+        result = upscale(face, generator=G, restarts=3, steps=3, eps=1e-12, seed=2, return_result=True,
+                         progress=True, **FAST)
+    assert not any(result.converged)
+    assert result.best_index == int(result.search.loss[0].argmin())
+    expected = (result.search.images[0, result.best_index].clamp(0, 1) * 255).round().to(torch.uint8)
+    assert np.array_equal(np.asarray(result.image), expected.permute(1, 2, 0).numpy())
+    with pytest.warns(PulseConvergenceWarning):
+        images = upscale(face, generator=G, restarts=3, steps=3, eps=1e-12, seed=2, num_outputs=2, **FAST)
+    assert isinstance(images, list) and len(images) == 2
+
+
+def test_upscale_resolves_generator_names_through_checkpoints(G, face, monkeypatch):
+    import pulse_ext.checkpoints as checkpoints
+
+    calls = []
+
+    def fake_load_generator(path_or_name, device="cpu"):
+        calls.append((path_or_name, str(device)))
+        return G
+
+    monkeypatch.setattr(checkpoints, "load_generator", fake_load_generator)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PulseConvergenceWarning)
+        upscale(face, restarts=1, steps=1, device="cpu", **FAST)
+        upscale(face, generator="some/file.safetensors", restarts=1, steps=1, device="cpu", **FAST)
+    assert calls == [("default", "cpu"), ("some/file.safetensors", "cpu")]
+    with pytest.raises(TypeError, match="generator must be"):
+        upscale(face, generator=42, restarts=1, steps=1)
