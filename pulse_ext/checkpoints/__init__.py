@@ -18,12 +18,13 @@ import os
 import pickle
 import re
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
 
 from pulse_ext.checkpoints._common import ConvertedCheckpoint
-from pulse_ext.checkpoints._safe_pickle import safe_load_pickle
+from pulse_ext.checkpoints._safe_pickle import SafeUnpickler, safe_load_pickle
 from pulse_ext.checkpoints.errors import CheckpointError, UnsafeCheckpointError, UnsupportedArchitectureError
 from pulse_ext.checkpoints.native import read_native, save_generator
 from pulse_ext.checkpoints.nvidia_pickle import convert_network_pickle, is_nvidia_network_pickle
@@ -85,13 +86,35 @@ def _torch_load(path):
     except pickle.UnpicklingError as exc:
         refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if refused:
+            name = _first_refused_global(path) or refused.group(1)
             raise UnsafeCheckpointError(
-                f"refused global '{refused.group(1)}' in torch file (torch.load weights_only); the file may be "
-                "malicious or hold objects pulse_ext does not read", refused.group(1)) from None
+                f"refused global '{name}' in torch file (torch.load weights_only); the file may be "
+                "malicious or hold objects pulse_ext does not read", name) from None
         raise CheckpointError(f"corrupt torch file: {str(exc).splitlines()[0]}") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"corrupt or truncated torch file: {message}") from None
+
+
+def _first_refused_global(path):
+    """Full ``module.name`` of the first global our allow-list refuses in a torch zip file, if any.
+
+    torch's weights_only error drops the module of builtins ("GLOBAL exec"); our own unpickler,
+    run over the file's data.pkl with storages stubbed out, names it exactly. Nothing is executed.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            member = next((n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+            if member is None:
+                return None
+            unpickler = SafeUnpickler(io.BytesIO(archive.read(member)))
+            unpickler.persistent_load = lambda pid: None
+            unpickler.load()
+    except UnsafeCheckpointError as exc:
+        return exc.global_name
+    except Exception:  # anything else: fall back to torch's name
+        return None
+    return None
 
 
 def _describe_content(data):

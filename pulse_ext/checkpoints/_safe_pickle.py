@@ -15,6 +15,7 @@ Why the allowed globals are harmless:
   classes), so a crafted ``BUILD`` opcode that sets attributes on them cannot change anything outside
   that one load. Builtin types (``OrderedDict``, ``set``, ``numpy.dtype``) reject attribute writes.
 """
+import _compat_pickle
 import collections
 import io
 import pickle
@@ -136,6 +137,10 @@ class SafeUnpickler(pickle.Unpickler):
         self._allowed, self._network_stub = _make_allowed_globals()
 
     def find_class(self, module, name):
+        # Protocol 0-2 pickles name Python 2 modules (__builtin__, copy_reg); map them as pickle does.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         obj = self._allowed.get((module, name))
         if obj is not None:
             return obj
