@@ -77,6 +77,17 @@ def test_nvidia_pickle_drops_fp16_settings_and_keeps_conv_clamp(G, tmp_path):
     assert any("num_fp16_res" in note for note in checkpoint.notes)
 
 
+def test_stylegan3_repo_stylegan2_pickle_with_flat_synthesis_kwargs(G, tmp_path):
+    """stylegan3's networks_stylegan2.Generator takes synthesis options flat (**synthesis_kwargs)."""
+    kwargs = json.loads(json.dumps(G.init_kwargs))
+    kwargs.update(kwargs.pop("synthesis_kwargs"), fused_modconv_default="inference_only", num_fp16_res=0,
+                  conv_clamp=None)
+    path = write_nvidia_pickle(G, tmp_path / "stylegan2-tiny.pkl", init_kwargs=kwargs)
+    checkpoint = read_checkpoint(path)
+    assert checkpoint.config["synthesis_kwargs"] == {**G.init_kwargs["synthesis_kwargs"], "conv_clamp": None}
+    assert_same_generator(G, load_generator(path))
+
+
 def test_stylegan3_pickle_refused_naming_what_was_found(G, tmp_path):
     src = "class SynthesisInput:\n    pass\nclass Generator:\n    pass\n"
     with pytest.raises(UnsupportedArchitectureError, match="StyleGAN3.*SynthesisInput"):

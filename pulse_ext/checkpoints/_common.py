@@ -12,9 +12,9 @@ GENERATOR_ARG_NAMES = ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channel
                        "synthesis_kwargs")
 
 # Options that only change how NVIDIA's code computes, not what: fp16 storage of the highest
-# resolutions and channels-last layout. We always run the generator's math in the dtype it is
+# resolutions, channels-last layout, grouped vs. plain convolution for modulation (stylegan3 repo). We always run the generator's math in the dtype it is
 # given, so these are dropped (conv_clamp, which does change the result, is kept).
-_NUMERICS_ONLY_SYNTHESIS_KWARGS = ("num_fp16_res", "fp16_channels_last")
+_NUMERICS_ONLY_SYNTHESIS_KWARGS = ("num_fp16_res", "fp16_channels_last", "fused_modconv_default")
 
 
 @dataclasses.dataclass
@@ -73,9 +73,10 @@ def normalize_generator_config(kwargs, source):
     missing = [name for name in GENERATOR_ARG_NAMES[:5] if name not in config]
     if missing:
         raise CheckpointError(f"{source}: generator options lack {', '.join(missing)}")
-    unknown = sorted(set(config) - set(GENERATOR_ARG_NAMES))
-    if unknown:
-        raise UnsupportedArchitectureError(f"{source}: unknown generator option(s) {', '.join(unknown)}")
+    # stylegan3's networks_stylegan2.Generator takes synthesis options flat (**synthesis_kwargs).
+    flat = {key: config.pop(key) for key in sorted(set(config) - set(GENERATOR_ARG_NAMES))}
+    if flat:
+        config["synthesis_kwargs"] = {**flat, **(config.get("synthesis_kwargs") or {})}
     if config["c_dim"]:
         raise UnsupportedArchitectureError(
             f"{source}: conditional generator (c_dim={config['c_dim']}) is not supported; PULSE needs an "
