@@ -1,0 +1,280 @@
+"""Every fused op against its plain-PyTorch reference: forward, backward, odd shapes, batch 1 and many,
+non-contiguous inputs, float64 gradcheck, torch.library.opcheck, registration, and error messages."""
+import math
+
+import pytest
+import torch
+
+from pulse_ext import _extension, ops
+from pulse_ext.ops import reference
+
+from conftest import DEVICES, requires_extension
+
+pytestmark = requires_extension
+
+ELEMENTWISE_TOL = dict(rtol=1e-5, atol=1e-6)
+CONV_TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+def leaves(*tensors):
+    """Independent copies that require grad (None stays None)."""
+    return [None if t is None else t.detach().clone().requires_grad_(True) for t in tensors]
+
+
+def non_contiguous(t):
+    """The same values in a non-contiguous layout (transposed storage)."""
+    return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+
+def assert_grads_close(fused_inputs, reference_inputs, tol):
+    for i, (a, b) in enumerate(zip(fused_inputs, reference_inputs)):
+        if a is None:
+            continue
+        assert a.grad is not None, f"input {i} got no gradient from the fused op"
+        torch.testing.assert_close(a.grad, b.grad, **tol, msg=lambda m: f"grad of input {i}: {m}")
+
+
+# ---------------------------------------------------------------------------------------------- noise_bias_act
+
+NBA_CASES = [
+    # (N, C, H, W, noise: None | "shared" | "per_sample", demod, clamp, slope, gain)
+    (1, 3, 4, 4, None, False, None, 0.2, math.sqrt(2)),
+    (3, 5, 7, 9, "shared", True, None, 0.2, math.sqrt(2)),
+    (3, 13, 16, 16, "per_sample", True, 256.0, 0.2, math.sqrt(2)),
+    (16, 7, 8, 8, "per_sample", False, 0.5, 0.2, math.sqrt(2)),
+    (2, 3, 64, 64, "shared", True, 0.3, 0.2, math.sqrt(2)),
+    (4, 3, 8, 8, None, False, 256.0, 1.0, 1.0),  # toRGB: linear, gain 1
+]
+
+
+def make_nba_inputs(n, c, h, w, noise, demod, device, dtype=torch.float32):
+    g = torch.Generator().manual_seed(n * 1000 + c * 10 + h)
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype).to(device)
+    x = rand(n, c, h, w)
+    noise_t = None if noise is None else rand(1 if noise == "shared" else n, 1, h, w)
+    strength = None if noise is None else rand(()).abs() + 0.1
+    bias = rand(c)
+    demod_t = (torch.rand(n, c, generator=g, dtype=dtype) + 0.5).to(device) if demod else None
+    return x, noise_t, strength, bias, demod_t
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", NBA_CASES, ids=lambda c: "x".join(map(str, c[:4])) + f"-{c[4]}-d{int(c[5])}-c{c[6]}")
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_noise_bias_act_matches_reference(device, case, contiguous):
+    n, c, h, w, noise, demod, clamp, slope, gain = case
+    x, noise_t, strength, bias, demod_t = make_nba_inputs(n, c, h, w, noise, demod, device)
+    if not contiguous:
+        x = non_contiguous(x)
+        noise_t = None if noise_t is None else non_contiguous(noise_t)
+    fused_in = leaves(x, noise_t, strength, bias, demod_t)
+    ref_in = leaves(x, noise_t, strength, bias, demod_t)
+    kw = dict(gain=gain, clamp=clamp, slope=slope)
+    y_fused = ops.noise_bias_act(*fused_in[:4], demod=fused_in[4], impl="fused", **kw)
+    y_ref = ops.noise_bias_act(*ref_in[:4], demod=ref_in[4], impl="reference", **kw)
+    torch.testing.assert_close(y_fused, y_ref, **ELEMENTWISE_TOL)
+    grad = torch.randn_like(y_ref)
+    y_fused.backward(grad)
+    y_ref.backward(grad)
+    assert_grads_close(fused_in, ref_in, dict(rtol=1e-5, atol=1e-4))
+
+
+def test_noise_bias_act_gradcheck_float64():
+    x, noise_t, strength, bias, demod_t = make_nba_inputs(2, 3, 5, 4, "per_sample", True, "cpu", torch.float64)
+    inputs = leaves(x, noise_t, strength, bias, demod_t)
+    for clamp in (None, 0.7):
+        assert torch.autograd.gradcheck(
+            lambda x, nz, s, b, d: ops.noise_bias_act(x, nz, s, b, demod=d, clamp=clamp, impl="fused"), inputs)
+    shared = leaves(*make_nba_inputs(2, 3, 5, 4, "shared", False, "cpu", torch.float64)[:4])
+    assert torch.autograd.gradcheck(lambda x, nz, s, b: ops.noise_bias_act(x, nz, s, b, impl="fused"), shared)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_noise_bias_act_opcheck(device):
+    x, noise_t, strength, bias, demod_t = make_nba_inputs(2, 3, 5, 4, "per_sample", True, device)
+    args = [t.requires_grad_() for t in (x, demod_t, noise_t, strength, bias)]
+    torch.library.opcheck(torch.ops.pulse_ext.noise_bias_act.default, (*args, 0.2, math.sqrt(2), 0.5))
+    torch.library.opcheck(torch.ops.pulse_ext.noise_bias_act.default, (x, None, None, None, bias, 0.2, 1.0, None))
+
+
+# ------------------------------------------------------------------------------------------ area_downscale_loss
+
+ADL_CASES = [
+    # (N, C, H, W, h, w, target batch 1?)
+    (1, 3, 16, 16, 4, 4, True),
+    (3, 3, 64, 64, 16, 16, False),
+    (16, 3, 32, 32, 8, 8, True),
+    (2, 5, 12, 18, 3, 6, False),   # odd channels, non-square, different factors per axis
+    (4, 1, 7, 7, 7, 7, True),      # factor 1
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", ADL_CASES, ids=lambda c: "x".join(map(str, c[:4])) + f"-to{c[4]}x{c[5]}")
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_area_downscale_loss_matches_reference(device, case, contiguous):
+    n, c, hh, ww, h, w, shared_target = case
+    g = torch.Generator().manual_seed(hh * ww + n)
+    img = torch.rand(n, c, hh, ww, generator=g).to(device)
+    target = torch.rand(1 if shared_target else n, c, h, w, generator=g).to(device)
+    if not contiguous:
+        img = non_contiguous(img)
+    (img_f, target_f), (img_r, target_r) = leaves(img, target), leaves(img, target)
+    l2_f, l1_f = ops.area_downscale_loss(img_f, target_f, impl="fused")
+    l2_r, l1_r = ops.area_downscale_loss(img_r, target_r, impl="reference")
+    assert l2_f.shape == (n,) and l1_f.shape == (n,)
+    torch.testing.assert_close(l2_f, l2_r, **ELEMENTWISE_TOL)
+    torch.testing.assert_close(l1_f, l1_r, **ELEMENTWISE_TOL)
+    w2, w1 = torch.randn(n, generator=g).to(device), torch.randn(n, generator=g).to(device)
+    ((l2_f * w2).sum() + (l1_f * w1).sum()).backward()
+    ((l2_r * w2).sum() + (l1_r * w1).sum()).backward()
+    assert_grads_close([img_f, target_f], [img_r, target_r], dict(rtol=1e-5, atol=1e-7))
+
+
+def test_area_downscale_loss_only_l2_used():
+    img, target = leaves(torch.rand(2, 3, 8, 8), torch.rand(1, 3, 2, 2))
+    l2, _ = ops.area_downscale_loss(img, target, impl="fused")
+    l2.sum().backward()
+    img_r, target_r = leaves(img, target)
+    reference.area_downscale_loss(img_r, target_r)[0].sum().backward()
+    torch.testing.assert_close(img.grad, img_r.grad, **ELEMENTWISE_TOL)
+
+
+def test_area_downscale_loss_gradcheck_float64():
+    img, target = leaves(torch.rand(2, 3, 6, 8, dtype=torch.float64), torch.rand(2, 3, 3, 2, dtype=torch.float64))
+    assert torch.autograd.gradcheck(lambda a, b: ops.area_downscale_loss(a, b, impl="fused"), (img, target))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_area_downscale_loss_opcheck(device):
+    img = torch.rand(2, 3, 8, 8, device=device, requires_grad=True)
+    target = torch.rand(1, 3, 4, 2, device=device)
+    torch.library.opcheck(torch.ops.pulse_ext.area_downscale_loss.default, (img, target))
+
+
+# --------------------------------------------------------------------------------------------- modulated_conv2d
+
+MODCONV_CASES = [
+    # (N, Cin, Cout, H, k, up, demodulate)
+    (1, 3, 5, 4, 3, 1, True),
+    (3, 7, 6, 8, 3, 2, True),
+    (16, 5, 3, 4, 3, 2, True),
+    (3, 13, 11, 16, 3, 1, True),
+    (2, 6, 3, 32, 1, 1, False),    # toRGB: 1x1, no demodulation
+    (2, 4, 4, 64, 3, 1, False),
+]
+
+
+def make_modconv_inputs(n, cin, cout, h, k, device, dtype=torch.float32):
+    g = torch.Generator().manual_seed(n * 100 + cin * 10 + h)
+    x = torch.randn(n, cin, h, h, generator=g, dtype=dtype).to(device)
+    weight = torch.randn(cout, cin, k, k, generator=g, dtype=dtype).to(device)
+    styles = (torch.randn(n, cin, generator=g, dtype=dtype) + 1).to(device)
+    return x, weight, styles
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", MODCONV_CASES, ids=lambda c: f"n{c[0]}-{c[1]}to{c[2]}-{c[3]}px-k{c[4]}-up{c[5]}-d{int(c[6])}")
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_modulated_conv2d_matches_reference(device, case, contiguous):
+    n, cin, cout, h, k, up, demodulate = case
+    x, weight, styles = make_modconv_inputs(n, cin, cout, h, k, device)
+    if not contiguous:
+        x, styles = non_contiguous(x), styles.t().contiguous().t()
+    (x_f, s_f), (x_r, s_r) = leaves(x, styles), leaves(x, styles)
+    y_f = ops.modulated_conv2d(x_f, weight, s_f, demodulate=demodulate, up=up, impl="fused")
+    y_r = ops.modulated_conv2d(x_r, weight, s_r, demodulate=demodulate, up=up, impl="reference")
+    assert y_f.shape == (n, cout, h * up, h * up)
+    torch.testing.assert_close(y_f, y_r, **CONV_TOL)
+    grad = torch.randn_like(y_r)
+    y_f.backward(grad)
+    y_r.backward(grad)
+    assert_grads_close([x_f, s_f], [x_r, s_r], dict(rtol=1e-4, atol=1e-3))
+
+
+def test_modulated_conv2d_weight_grad_goes_through_reference():
+    x, weight, styles = make_modconv_inputs(2, 4, 5, 6, 3, "cpu")
+    fused, ref = leaves(x, weight, styles), leaves(x, weight, styles)
+    for up in (1, 2):
+        for t in fused + ref:
+            t.grad = None
+        ops.modulated_conv2d(*fused, up=up, impl="fused").square().sum().backward()
+        ops.modulated_conv2d(*ref, up=up, impl="reference").square().sum().backward()
+        assert_grads_close(fused, ref, dict(rtol=1e-4, atol=1e-3))
+
+
+def test_modulated_conv2d_gradcheck_float64():
+    x, weight, styles = make_modconv_inputs(2, 3, 4, 5, 3, "cpu", torch.float64)
+    x, styles = leaves(x, styles)
+    for up in (1, 2):
+        for demodulate in (True, False):
+            assert torch.autograd.gradcheck(
+                lambda a, s: ops.modulated_conv2d(a, weight, s, demodulate=demodulate, up=up, impl="fused"), (x, styles))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_modulated_conv2d_opcheck(device):
+    x, weight, styles = make_modconv_inputs(2, 3, 4, 5, 3, device)
+    x.requires_grad_()
+    styles.requires_grad_()
+    demod = ops.demodulation_coefficients(weight, styles).detach().requires_grad_()
+    for up in (1, 2):
+        torch.torch.library.opcheck(torch.ops.pulse_ext.modulated_conv2d.default, (x, weight, styles, demod, up, 1))
+    torch.library.opcheck(torch.ops.pulse_ext.modulated_conv2d.default, (x, weight[:, :, :1, :1], styles, None, 1, 0))
+
+
+def test_demodulation_coefficients_equal_nvidia_form():
+    x, weight, styles = make_modconv_inputs(3, 7, 5, 4, 3, "cpu", torch.float64)
+    torch.testing.assert_close(ops.demodulation_coefficients(weight, styles),
+                               reference.demodulation_coefficients(weight, styles))
+
+
+def test_upsample2d_fast_form_equals_literal_upfirdn():
+    x = torch.randn(2, 3, 5, 7, dtype=torch.float64)
+    torch.testing.assert_close(ops.upsample2d(x), ops.upsample2d(x, impl="reference"))
+
+
+# ------------------------------------------------------------------------------------------ registration, errors
+
+def test_cuda_kernels_registered_exactly_when_built_with_cuda():
+    for op in ("noise_bias_act", "area_downscale_loss", "modulated_conv2d"):
+        for name in (op, op + "_backward"):
+            qualname = f"pulse_ext::{name}"
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "CPU")
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "CUDA") == _extension.compiled_with_cuda()
+
+
+def test_errors_name_argument_expected_and_actual():
+    x = torch.randn(4, 8, 6, 6)
+    with pytest.raises(ValueError, match=r"styles must be \[N, Cin\]=\[4, 8\], got \[4, 5\]"):
+        ops.modulated_conv2d(x, torch.randn(3, 8, 3, 3), torch.randn(4, 5))
+    with pytest.raises(ValueError, match=r"up must be 1 or 2, got 4"):
+        ops.modulated_conv2d(x, torch.randn(3, 8, 3, 3), torch.randn(4, 8), up=4)
+    with pytest.raises(ValueError, match=r"bias must be \[C\]=\[8\], got \[3\]"):
+        ops.noise_bias_act(x, bias=torch.randn(3))
+    with pytest.raises(ValueError, match=r"noise must be \[1 or N, 1, H, W\]"):
+        ops.noise_bias_act(x, noise=torch.randn(2, 1, 6, 6))
+    with pytest.raises(ValueError, match=r"bias has dtype torch.float64 but x has torch.float32"):
+        ops.noise_bias_act(x, bias=torch.randn(8, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"target size 4x4 must divide the image size 6x6"):
+        ops.area_downscale_loss(x[:, :3], torch.rand(1, 3, 4, 4))
+    with pytest.raises(ValueError, match=r"impl must be one of"):
+        ops.noise_bias_act(x, impl="fast")
+    # The C++ checks guard direct calls of the registered ops too.
+    with pytest.raises(RuntimeError, match=r"bias must be \[C\]=\[8\], got \[3\]"):
+        torch.ops.pulse_ext.noise_bias_act(x, None, None, None, torch.randn(3), 0.2, 1.0, None)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to put one input on another device")
+def test_device_mismatch_is_reported():
+    x = torch.randn(2, 3, 4, 4, device="cuda")
+    with pytest.raises(ValueError, match=r"bias is on cpu but x is on cuda"):
+        ops.noise_bias_act(x, bias=torch.randn(3))
+
+
+def test_fused_rejects_unsupported_dtype_and_auto_falls_back():
+    x = torch.randn(2, 3, 4, 4, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match=r"support float32 and float64, got torch.bfloat16"):
+        ops.noise_bias_act(x, impl="fused")
+    torch.testing.assert_close(ops.noise_bias_act(x), reference.noise_bias_act(x))
