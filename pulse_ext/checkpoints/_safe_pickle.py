@@ -99,10 +99,13 @@ def _make_allowed_globals():
         except Exception as exc:  # torch raises several types for bad payloads
             raise CheckpointError(f"tensor storage inside the pickle is unreadable ({exc})") from None
 
-    def rebuild_tensor_v2(storage, *args):
+    def rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, *rest):
         if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
             raise CheckpointError(f"tensor rebuilt from {type(storage).__name__}, expected a storage")
-        return torch._utils._rebuild_tensor_v2(storage, *args)
+        if backward_hooks:  # hooks are callables: a tensor file has no business carrying them
+            raise CheckpointError("tensor rebuilt with backward hooks")
+        return torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad,
+                                               collections.OrderedDict(), *rest)
 
     def rebuild_parameter(data, requires_grad, backward_hooks):
         if not isinstance(data, torch.Tensor) or backward_hooks:
