@@ -1,0 +1,710 @@
+#!/usr/bin/env python
+"""Train pulse_ext's default StyleGAN2 face generator (64x64 UTKFace by default).
+
+Recipe (docs/training.md has the why): our ``pulse_ext.stylegan2.Generator`` in its plain-PyTorch
+"reference" implementation + a residual StyleGAN2 discriminator (python/training/discriminator.py),
+non-saturating logistic loss, lazy R1 on D (every 16 steps), optional lazy path-length
+regularisation on G (off by default: it doubles G's cost), style mixing 0.9, Adam(0.0025, (0, 0.99),
+1e-8) with NVIDIA's lazy-regularisation lr/beta adjustment, G_ema (10 kimg half-life, 0.05 ramp-up),
+x-flips, batch 32.
+
+    python python/train_generator.py --data data/utkface64 --out /work/checkpoints/default64 \
+        --threads 1 --bf16 --minutes 150 --resume
+
+Checkpoints (atomic, last 3 kept) every --ckpt-minutes and at exit (also on SIGTERM/SIGINT):
+``ckpt-<kimg>.pt``, plus ``latest-G_ema.safetensors`` (pulse_ext format), ``samples-<kimg>.png``
+(8x8 grid from fixed z, G_ema, const noise) and ``log.jsonl``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import glob
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _HERE)
+sys.path.insert(0, os.path.dirname(_HERE))
+
+from pulse_ext.stylegan2 import Generator  # noqa: E402
+from training.discriminator import Discriminator  # noqa: E402
+
+CKPT_FORMAT = "pulse_ext-train-ckpt-v1"
+SAMPLE_SEED = 20240601
+SAMPLE_GRID = 8
+
+DEFAULT_CFG = dict(
+    resolution=64, z_dim=256, w_dim=256, map_layers=8, map_lr_mult=0.01,
+    channel_base=2048, channel_max=128, conv_clamp=None,
+    d_channel_base=2048, d_channel_max=128, mbstd_group=4,
+    batch=32, lr=0.0025, betas=(0.0, 0.99), eps=1e-8,
+    r1_gamma=0.1, r1_interval=16, pl_weight=0.0, pl_interval=4, pl_batch_shrink=2, pl_decay=0.01,
+    style_mixing=0.9, ema_kimg=10.0, ema_rampup=0.05, xflip=True,
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+def load_train_images(path: str) -> torch.Tensor:
+    """uint8 [N, 3, R, R] from a prepare_faces.py output (faces.npz or jpg/train/) or an .npz/.npy."""
+    if path.endswith(".npy"):
+        arr = np.load(path)
+    else:
+        from prepare_faces import load_faces
+        arr = load_faces(path, "train")
+    t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.dim() != 4 or t.shape[-1] not in (1, 3):
+        raise ValueError(f"expected [N, H, W, C] uint8 images, got {tuple(t.shape)}")
+    return t.permute(0, 3, 1, 2).contiguous()
+
+
+class Sampler:
+    """Random minibatches (with replacement) + x-flips from its own RNG, so resume is exact."""
+
+    def __init__(self, images: torch.Tensor, batch: int, xflip: bool, seed: int):
+        self.images = images
+        self.batch = batch
+        self.xflip = xflip
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def next(self, device, memory_format=torch.contiguous_format) -> torch.Tensor:
+        idx = torch.randint(self.images.shape[0], (self.batch,), generator=self.gen)
+        x = self.images[idx]
+        if self.xflip:
+            flip = torch.rand(self.batch, generator=self.gen) < 0.5
+            x = torch.where(flip.reshape(-1, 1, 1, 1), x.flip(3), x)
+        x = x.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+        return x.contiguous(memory_format=memory_format)
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+
+def build_models(cfg: dict, device, seed: int):
+    torch.manual_seed(seed)
+    G = Generator(z_dim=cfg["z_dim"], c_dim=0, w_dim=cfg["w_dim"], img_resolution=cfg["resolution"], img_channels=3,
+                  mapping_kwargs=dict(num_layers=cfg["map_layers"], lr_multiplier=cfg["map_lr_mult"]),
+                  synthesis_kwargs=dict(channel_base=cfg["channel_base"], channel_max=cfg["channel_max"],
+                                        conv_clamp=cfg["conv_clamp"]))
+    D = Discriminator(img_resolution=cfg["resolution"], img_channels=3, channel_base=cfg["d_channel_base"],
+                      channel_max=cfg["d_channel_max"], conv_clamp=cfg["conv_clamp"],
+                      mbstd_group_size=cfg["mbstd_group"])
+    G.set_impl("reference")
+    G = G.to(device).train()
+    D = D.to(device).train()
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    return G, D, G_ema
+
+
+def make_optimizers(G, D, cfg: dict):
+    opts = []
+    for module, reg_interval in ((G, cfg["pl_interval"] if cfg["pl_weight"] > 0 else None),
+                                 (D, cfg["r1_interval"] if cfg["r1_gamma"] > 0 else None)):
+        lr, betas = cfg["lr"], tuple(cfg["betas"])
+        if reg_interval:
+            mb = reg_interval / (reg_interval + 1)  # NVIDIA's lazy-regularisation correction
+            lr, betas = lr * mb, tuple(b ** mb for b in betas)
+        opts.append(torch.optim.Adam(module.parameters(), lr=lr, betas=betas, eps=cfg["eps"]))
+    return opts
+
+
+def _sanitize_grads(module):
+    for p in module.parameters():
+        if p.grad is not None:
+            torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
+
+
+def _autocast_cast_hook(module, args):
+    """Under autocast, feed the synthesis layers x and w in the autocast dtype: their affine (a linear)
+    comes out of autocast in bf16, and the ops want x and styles in one dtype (the b4 const is fp32)."""
+    x = args[0]
+    for dev in ("cpu", "cuda"):
+        if torch.is_autocast_enabled(dev) and x.device.type == dev:
+            dt = torch.get_autocast_dtype(dev)
+            return (x.to(dt), args[1].to(dt)) + tuple(args[2:])
+    return None
+
+
+def install_autocast_hooks(G):
+    n = 0
+    for m in G.synthesis.modules():
+        if type(m).__name__ in ("SynthesisLayer", "ToRGBLayer"):
+            m.register_forward_pre_hook(_autocast_cast_hook)
+            n += 1
+    return n
+
+
+def _mapping(G, z, skip_update=False):
+    return G.mapping(z, None, skip_w_avg_update=skip_update)
+
+
+# ----------------------------------------------------------------------------------------------
+# Trainer
+
+class Trainer:
+    def __init__(self, cfg: dict, device="cpu", seed: int = 0, bf16: bool = False, channels_last: bool = False,
+                 images: Optional[torch.Tensor] = None):
+        self.cfg = dict(cfg)
+        self.device = torch.device(device)
+        self.seed = seed
+        self.bf16 = bf16
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.G, self.D, self.G_ema = build_models(self.cfg, self.device, seed)
+        if bf16:
+            install_autocast_hooks(self.G)  # G_ema samples run in fp32 without autocast
+        if channels_last:
+            self.G.to(memory_format=torch.channels_last)
+            self.D.to(memory_format=torch.channels_last)
+            self.G_ema.to(memory_format=torch.channels_last)
+        self.optG, self.optD = make_optimizers(self.G, self.D, self.cfg)
+        self.sampler = Sampler(images, self.cfg["batch"], self.cfg["xflip"], seed + 1) if images is not None else None
+        self.step = 0
+        self.nimg = 0
+        self.train_seconds = 0.0
+        self.pl_mean = torch.zeros([], device=self.device)
+        torch.manual_seed(seed + 2)
+        random.seed(seed + 3)
+        np.random.seed((seed + 4) % 2 ** 32)
+        self.stats = {}
+
+    # -- helpers --
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def run_G(self, z, skip_w_avg=False):
+        """Mapping in fp32 (cheap, w_avg stays exact), synthesis under autocast. Style mixing as NVIDIA."""
+        G = self.G
+        ws = _mapping(G, z, skip_w_avg)
+        p = self.cfg["style_mixing"]
+        if p > 0:
+            num_ws = ws.shape[1]
+            cutoff = int(torch.randint(1, num_ws, (), device="cpu"))
+            if float(torch.rand(())) >= p:
+                cutoff = num_ws
+            if cutoff < num_ws:
+                ws2 = _mapping(G, torch.randn_like(z), True)
+                ws = torch.cat([ws[:, :cutoff], ws2[:, cutoff:]], dim=1)
+        with self.autocast():
+            img = G.synthesis(ws, noise_mode="random")
+        return img.float().contiguous(memory_format=self.memory_format), ws
+
+    def run_D(self, img):
+        with self.autocast():
+            return self.D(img).float()
+
+    def _stat(self, name, value):
+        s = self.stats.setdefault(name, [0.0, 0])
+        s[0] += float(value)
+        s[1] += 1
+
+    def pop_stats(self):
+        out = {k: v[0] / max(v[1], 1) for k, v in self.stats.items()}
+        self.stats = {}
+        return out
+
+    # -- one training iteration (NVIDIA phases Gmain, Greg, Dmain, Dreg) --
+    def train_step(self):
+        cfg, G, D = self.cfg, self.G, self.D
+        B = cfg["batch"]
+        real = self.sampler.next(self.device, self.memory_format)
+
+        # Gmain
+        G.requires_grad_(True)
+        D.requires_grad_(False)
+        z = torch.randn([B, G.z_dim], device=self.device)
+        img, _ = self.run_G(z)
+        logits = self.run_D(img)
+        loss_G = F.softplus(-logits).mean()
+        self.optG.zero_grad(set_to_none=True)
+        loss_G.backward()
+        _sanitize_grads(G)
+        self.optG.step()
+        self._stat("loss_G", loss_G.detach())
+        self._stat("score_fake", logits.detach().mean())
+
+        # Greg: path length (optional)
+        if cfg["pl_weight"] > 0 and self.step % cfg["pl_interval"] == 0:
+            bs = max(B // cfg["pl_batch_shrink"], 1)
+            z = torch.randn([bs, G.z_dim], device=self.device)
+            ws = _mapping(G, z)
+            ws.requires_grad_(True)  # NVIDIA differentiates wrt the mapped ws (style mixing included)
+            with self.autocast():
+                gimg = G.synthesis(ws, noise_mode="random").float()
+            noise = torch.randn_like(gimg) / math.sqrt(gimg.shape[2] * gimg.shape[3])
+            grads = torch.autograd.grad((gimg * noise).sum(), ws, create_graph=True)[0]
+            lengths = grads.square().sum(2).mean(1).sqrt()
+            pl_mean = self.pl_mean.lerp(lengths.mean().detach(), cfg["pl_decay"])
+            self.pl_mean.copy_(pl_mean)
+            loss_pl = (lengths - pl_mean).square().mean() * cfg["pl_weight"] * cfg["pl_interval"]
+            self.optG.zero_grad(set_to_none=True)
+            (loss_pl + gimg[:, 0, 0, 0].sum() * 0).backward()
+            _sanitize_grads(G)
+            self.optG.step()
+            self._stat("loss_pl", loss_pl.detach() / cfg["pl_interval"])
+
+        # Dmain
+        G.requires_grad_(False)
+        D.requires_grad_(True)
+        z = torch.randn([B, G.z_dim], device=self.device)
+        with torch.no_grad():
+            img, _ = self.run_G(z)
+        logits_fake = self.run_D(img)
+        logits_real = self.run_D(real)
+        loss_D = F.softplus(logits_fake).mean() + F.softplus(-logits_real).mean()
+        self.optD.zero_grad(set_to_none=True)
+        loss_D.backward()
+        _sanitize_grads(D)
+        self.optD.step()
+        self._stat("loss_D", loss_D.detach())
+        self._stat("score_real", logits_real.detach().mean())
+
+        # Dreg: lazy R1 on reals, fp32 (double backward), weighted by the interval
+        if cfg["r1_gamma"] > 0 and self.step % cfg["r1_interval"] == 0:
+            x = real.detach().requires_grad_(True)
+            logits = self.D(x).float()
+            (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+            r1 = grad.square().sum([1, 2, 3])
+            loss_r1 = r1.mean() * (cfg["r1_gamma"] / 2) * cfg["r1_interval"]
+            self.optD.zero_grad(set_to_none=True)
+            (loss_r1 + logits.sum() * 0).backward()
+            _sanitize_grads(D)
+            self.optD.step()
+            self._stat("r1_penalty", r1.detach().mean())
+        D.requires_grad_(False)
+
+        # G_ema
+        self.nimg += B
+        ema_nimg = cfg["ema_kimg"] * 1000
+        if cfg["ema_rampup"]:
+            ema_nimg = min(ema_nimg, self.nimg * cfg["ema_rampup"])
+        beta = 0.5 ** (B / max(ema_nimg, 1e-8))
+        with torch.no_grad():
+            for p_ema, p in zip(self.G_ema.parameters(), G.parameters()):
+                p_ema.copy_(p.detach().lerp(p_ema, beta))
+            for b_ema, b in zip(self.G_ema.buffers(), G.buffers()):
+                b_ema.copy_(b)
+        self.step += 1
+
+    # -- state --
+    def state_dict(self) -> dict:
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+               "data": self.sampler.gen.get_state() if self.sampler else None}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "format": CKPT_FORMAT, "cfg": self.cfg, "seed": self.seed,
+            "G_kwargs": self.G.init_kwargs, "D_kwargs": self.D.init_kwargs,
+            "G": _cpu_sd(self.G), "D": _cpu_sd(self.D), "G_ema": _cpu_sd(self.G_ema),
+            "optG": self.optG.state_dict(), "optD": self.optD.state_dict(),
+            "step": self.step, "nimg": self.nimg, "train_seconds": self.train_seconds,
+            "pl_mean": self.pl_mean.cpu(), "rng": rng,
+        }
+
+    def load_state_dict(self, sd: dict, restore_rng: bool = True):
+        self.G.load_state_dict(sd["G"])
+        self.D.load_state_dict(sd["D"])
+        self.G_ema.load_state_dict(sd["G_ema"])
+        if sd.get("optG") is not None:
+            self.optG.load_state_dict(sd["optG"])
+            self.optD.load_state_dict(sd["optD"])
+        self.step = int(sd["step"])
+        self.nimg = int(sd["nimg"])
+        self.train_seconds = float(sd.get("train_seconds", 0.0))
+        if "pl_mean" in sd:
+            self.pl_mean.copy_(sd["pl_mean"])
+        rng = sd.get("rng")
+        if restore_rng and rng:
+            torch.set_rng_state(rng["torch"])
+            random.setstate(rng["python"])
+            np.random.set_state(rng["numpy"])
+            if rng.get("data") is not None and self.sampler is not None:
+                self.sampler.gen.set_state(rng["data"])
+            if rng.get("cuda") is not None and torch.cuda.is_available():
+                try:
+                    torch.cuda.set_rng_state_all(rng["cuda"])
+                except Exception:  # noqa: BLE001 - different GPU count: fresh CUDA RNG is fine
+                    pass
+
+
+def _cpu_sd(module):
+    return {k: v.detach().to("cpu", memory_format=torch.contiguous_format).clone()
+            for k, v in module.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Files
+
+def atomic_torch_save(obj, path: str):
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path) or ".")
+
+
+def _fsync_dir(d):
+    try:
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def list_checkpoints(out_dir: str):
+    return sorted(glob.glob(os.path.join(out_dir, "ckpt-*.pt")))
+
+
+def load_checkpoint_file(path: str) -> dict:
+    """A full checkpoint (.pt), a compact one, or a directory of parts written by --export-parts."""
+    if os.path.isdir(path):
+        sd = {}
+        for part in sorted(glob.glob(os.path.join(path, "part-*.pt"))):
+            piece = torch.load(part, map_location="cpu", weights_only=False)
+            for k, v in piece.items():
+                if isinstance(v, dict) and isinstance(sd.get(k), dict):
+                    sd[k].update(v)
+                else:
+                    sd[k] = v
+        if not sd:
+            raise FileNotFoundError(f"no part-*.pt files in {path}")
+        return sd
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def export_generator(G, path: str):
+    """Our safetensors generator format (pulse_ext.checkpoints.save_generator when it exists)."""
+    try:
+        from pulse_ext.checkpoints import save_generator  # type: ignore
+    except ImportError:
+        save_generator = None
+    if save_generator is not None:
+        tmp = path + ".tmp.safetensors"
+        try:
+            save_generator(G, tmp)
+            os.replace(tmp, path)
+            return
+        except Exception as e:  # noqa: BLE001 - a broken exporter must never stop training
+            print(f"warning: pulse_ext.checkpoints.save_generator failed ({e!r}); writing the layout directly",
+                  flush=True)
+    from safetensors.torch import save_file
+    sd = {k: v.detach().to("cpu", torch.float32, memory_format=torch.contiguous_format).contiguous().clone()
+          for k, v in G.state_dict().items()}
+    meta = {"pulse_ext_config": json.dumps(G.init_kwargs), "format_version": "1"}
+    tmp = path + ".tmp"
+    save_file(sd, tmp, metadata=meta)
+    os.replace(tmp, path)
+
+
+def sample_grid(G_ema, path: str, grid: int = SAMPLE_GRID, device="cpu"):
+    from PIL import Image
+    gen = torch.Generator().manual_seed(SAMPLE_SEED)
+    z = torch.randn([grid * grid, G_ema.z_dim], generator=gen).to(device)
+    with torch.no_grad():
+        imgs = []
+        for zc in z.split(16):
+            imgs.append(G_ema(zc, None, noise_mode="const").float().cpu())
+        img = torch.cat(imgs)
+    img = (img * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+    n, c, h, w = img.shape
+    img = img.reshape(grid, grid, c, h, w).permute(0, 3, 1, 4, 2).reshape(grid * h, grid * w, c)
+    tmp = path + ".tmp.png"
+    Image.fromarray(img.numpy()).save(tmp)
+    os.replace(tmp, path)
+
+
+def save_all(trainer: Trainer, out_dir: str, keep: int = 3, samples: bool = True, log=print):
+    t0 = time.time()
+    kimg = trainer.nimg // 1000
+    path = os.path.join(out_dir, f"ckpt-{kimg:06d}.pt")
+    atomic_torch_save(trainer.state_dict(), path)
+    for old in list_checkpoints(out_dir)[:-keep]:
+        if old != path:
+            os.remove(old)
+    try:
+        G_ema = trainer.G_ema
+        if trainer.memory_format == torch.channels_last:
+            G_ema = copy.deepcopy(G_ema).to(memory_format=torch.contiguous_format)
+        export_generator(G_ema, os.path.join(out_dir, "latest-G_ema.safetensors"))
+        if samples:
+            sample_grid(trainer.G_ema, os.path.join(out_dir, f"samples-{kimg:06d}.png"), device=trainer.device)
+    except Exception as e:  # noqa: BLE001 - the checkpoint is safe; do not die over an export
+        log(json.dumps({"event": "export-failed", "error": repr(e)}))
+    log(json.dumps({"event": "checkpoint", "path": path, "kimg": trainer.nimg / 1000, "step": trainer.step,
+                    "seconds": round(time.time() - t0, 2)}))
+    return path
+
+
+def export_compact(sd: dict, path: str):
+    """G, D, G_ema in fp32 + counters + config; no optimizer state (resume re-creates Adam moments)."""
+    keep = {k: sd[k] for k in ("format", "cfg", "seed", "G_kwargs", "D_kwargs", "step", "nimg", "train_seconds")
+            if k in sd}
+    for k in ("G", "D", "G_ema"):
+        keep[k] = {n: t.float() if t.is_floating_point() else t for n, t in sd[k].items()}
+    keep["compact"] = True
+    atomic_torch_save(keep, path)
+
+
+def export_parts(sd: dict, out_dir: str, max_mib: float = 15.0):
+    """Split a checkpoint into part-*.pt files of at most ~max_mib each (for 16 MiB transfer limits)."""
+    os.makedirs(out_dir, exist_ok=True)
+    limit = int(max_mib * 2 ** 20)
+
+    def nbytes(v):
+        if torch.is_tensor(v):
+            return v.numel() * v.element_size()
+        if isinstance(v, dict):
+            return sum(nbytes(x) for x in v.values())
+        if isinstance(v, (list, tuple)):
+            return sum(nbytes(x) for x in v)
+        return 64
+
+    parts, small = [], {}
+    for key, val in sd.items():
+        if key in ("G", "D", "G_ema") and nbytes(val) > limit:
+            chunk, size = {}, 0
+            for n, t in val.items():
+                if chunk and size + nbytes(t) > limit:
+                    parts.append({key: chunk})
+                    chunk, size = {}, 0
+                chunk[n] = t
+                size += nbytes(t)
+            parts.append({key: chunk})
+        elif nbytes(val) > min(2 ** 20, limit // 4):
+            parts.append({key: val})  # optimizer states: one part each
+        else:
+            small[key] = val
+    parts.insert(0, small)
+    for i, p in enumerate(parts):
+        atomic_torch_save(p, os.path.join(out_dir, f"part-{i:02d}.pt"))
+    return len(parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# Main
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", help="prepare_faces.py output dir (faces.npz or jpg/train/)")
+    ap.add_argument("--out", required=True, help="checkpoint directory")
+    ap.add_argument("--kimg", type=float, default=25000, help="total training length in kimg")
+    ap.add_argument("--minutes", type=float, default=0, help="stop cleanly (and checkpoint) before this many minutes")
+    ap.add_argument("--ckpt-minutes", type=float, default=10)
+    ap.add_argument("--log-seconds", type=float, default=60)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU or CUDA)")
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--resume", action="store_true", help="resume from the latest ckpt-*.pt in --out")
+    ap.add_argument("--resume-from", help="resume from this checkpoint file / compact file / parts dir")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", type=int, default=3)
+    # recipe overrides (when resuming the checkpoint's config wins, except batch/lr/r1-gamma/pl-weight when given)
+    ap.add_argument("--batch", type=int)
+    ap.add_argument("--resolution", type=int)
+    ap.add_argument("--channel-base", type=int)
+    ap.add_argument("--channel-max", type=int)
+    ap.add_argument("--z-dim", type=int)
+    ap.add_argument("--map-layers", type=int)
+    ap.add_argument("--r1-gamma", type=float)
+    ap.add_argument("--pl-weight", type=float)
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--conv-clamp", type=float, help="clamp conv outputs to +-X in G and D (0 = off, the default)")
+    ap.add_argument("--export-compact", metavar="PATH", help="write a compact checkpoint of the latest one and exit")
+    ap.add_argument("--export-parts", metavar="DIR", help="split the latest checkpoint into <=15 MiB parts and exit")
+    ap.add_argument("--bench-steps", type=int, default=0, help="time N steps (after 2 warm-up) and exit")
+    return ap.parse_args(argv)
+
+
+def config_from_args(args) -> dict:
+    cfg = dict(DEFAULT_CFG)
+    for a, k in (("batch", "batch"), ("resolution", "resolution"), ("channel_base", "channel_base"),
+                 ("channel_max", "channel_max"), ("r1_gamma", "r1_gamma"), ("pl_weight", "pl_weight"),
+                 ("lr", "lr"), ("map_layers", "map_layers")):
+        v = getattr(args, a)
+        if v is not None:
+            cfg[k] = v
+    if args.channel_base is not None:
+        cfg["d_channel_base"] = args.channel_base
+    if args.channel_max is not None:
+        cfg["d_channel_max"] = args.channel_max
+    if args.conv_clamp is not None:
+        cfg["conv_clamp"] = args.conv_clamp if args.conv_clamp > 0 else None
+    if args.z_dim is not None:
+        cfg["z_dim"] = cfg["w_dim"] = args.z_dim
+    cfg["betas"] = list(cfg["betas"])
+    return cfg
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+
+    def log(msg):
+        print(msg, flush=True)
+
+    if args.export_compact or args.export_parts:
+        ckpts = list_checkpoints(args.out)
+        src = args.resume_from or (ckpts[-1] if ckpts else None)
+        if src is None:
+            log(f"no checkpoint in {args.out}")
+            return 1
+        sd = load_checkpoint_file(src)
+        if args.export_compact:
+            export_compact(sd, args.export_compact)
+            log(f"compact checkpoint {args.export_compact} ({os.path.getsize(args.export_compact) / 2**20:.1f} MiB) from {src}")
+        if args.export_parts:
+            n = export_parts(sd, args.export_parts)
+            log(f"{n} parts in {args.export_parts} from {src}")
+        return 0
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+    resume_sd, resume_src = None, None
+    if args.resume_from:
+        resume_src = args.resume_from
+    elif args.resume:
+        ckpts = list_checkpoints(args.out)
+        # newest loadable checkpoint (a torn file, should one ever exist, falls back to the previous one)
+        for path in reversed(ckpts):
+            try:
+                resume_sd = load_checkpoint_file(path)
+                resume_src = path
+                break
+            except Exception as e:  # noqa: BLE001
+                log(f"warning: cannot load {path}: {e}")
+    if resume_src and resume_sd is None:
+        resume_sd = load_checkpoint_file(resume_src)
+
+    if resume_sd is not None:
+        cfg = dict(resume_sd["cfg"])
+        for a in ("batch", "lr", "r1_gamma", "pl_weight"):  # the training knobs that may change mid-run
+            if getattr(args, a) is not None:
+                cfg[a] = getattr(args, a)
+        seed = int(resume_sd.get("seed", args.seed))
+    else:
+        cfg = config_from_args(args)
+        seed = args.seed
+
+    images = load_train_images(args.data)
+    if images.shape[-1] != cfg["resolution"]:
+        raise SystemExit(f"data is {images.shape[-1]} px but the config wants {cfg['resolution']}")
+    trainer = Trainer(cfg, device=device, seed=seed, bf16=args.bf16, channels_last=args.channels_last, images=images)
+    if resume_sd is not None:
+        # Unchanged config => exact continuation; a changed batch/lr/r1_gamma/pl_weight keeps weights and
+        # Adam moments and re-derives the Adam hyperparameters (lazy-regularisation correction included).
+        trainer.load_state_dict(resume_sd)
+        for opt, new in zip((trainer.optG, trainer.optD), make_optimizers(trainer.G, trainer.D, cfg)):
+            for g, g_new in zip(opt.param_groups, new.param_groups):
+                g["lr"], g["betas"] = g_new["lr"], g_new["betas"]
+        log(json.dumps({"event": "resume", "from": resume_src, "kimg": trainer.nimg / 1000, "step": trainer.step,
+                        "compact": bool(resume_sd.get("compact"))}))
+        del resume_sd
+
+    nG = sum(p.numel() for p in trainer.G.parameters())
+    nD = sum(p.numel() for p in trainer.D.parameters())
+    log(json.dumps({"event": "start", "cfg": cfg, "params_G": nG, "params_D": nD, "n_train": int(images.shape[0]),
+                    "device": str(device), "threads": torch.get_num_threads(), "bf16": args.bf16,
+                    "channels_last": args.channels_last, "torch": torch.__version__, "pid": os.getpid()}))
+
+    if args.bench_steps:
+        for _ in range(2):
+            trainer.train_step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.time()
+        for _ in range(args.bench_steps):
+            trainer.train_step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.time() - t0
+        kimg_h = args.bench_steps * cfg["batch"] / 1000 / (dt / 3600)
+        log(json.dumps({"event": "bench", "steps": args.bench_steps, "sec_per_step": dt / args.bench_steps,
+                        "kimg_per_h": round(kimg_h, 1), **{k: round(v, 4) for k, v in trainer.pop_stats().items()}}))
+        return 0
+
+    stop = {"flag": False, "signal": None}
+
+    def on_signal(signum, frame):
+        stop["flag"] = True
+        stop["signal"] = signum
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    log_path = os.path.join(args.out, "log.jsonl")
+    t_start = time.time()
+    deadline = t_start + args.minutes * 60 if args.minutes > 0 else None
+    last_ckpt = t_start
+    last_log = t_start
+    log_nimg = trainer.nimg
+    step_times = []
+    ckpt_seconds = 15.0
+    target_nimg = int(args.kimg * 1000)
+    if trainer.step == 0:
+        sample_grid(trainer.G_ema, os.path.join(args.out, "samples-init.png"), device=device)
+
+    reason = "kimg"
+    while trainer.nimg < target_nimg:
+        if stop["flag"]:
+            reason = f"signal {stop['signal']}"
+            break
+        now = time.time()
+        avg_step = sum(step_times[-20:]) / max(len(step_times[-20:]), 1) if step_times else 5.0
+        if deadline is not None and now + 2 * avg_step + ckpt_seconds + 5 > deadline:
+            reason = "minutes"
+            break
+        t0 = time.time()
+        trainer.train_step()
+        dt = time.time() - t0
+        step_times.append(dt)
+        trainer.train_seconds += dt
+        now = time.time()
+        if now - last_log >= args.log_seconds:
+            d_nimg = trainer.nimg - log_nimg
+            rec = {"kimg": round(trainer.nimg / 1000, 3), "step": trainer.step,
+                   "sec_per_kimg": round((now - last_log) / max(d_nimg / 1000, 1e-9), 2),
+                   "kimg_per_h": round(d_nimg / 1000 / ((now - last_log) / 3600), 2),
+                   "elapsed_min": round((now - t_start) / 60, 2),
+                   **{k: round(v, 5) for k, v in trainer.pop_stats().items()}}
+            line = json.dumps(rec)
+            log(line)
+            with open(log_path, "a") as f:
+                f.write(line + "\n")
+            last_log, log_nimg = now, trainer.nimg
+        if now - last_ckpt >= args.ckpt_minutes * 60:
+            t1 = time.time()
+            save_all(trainer, args.out, keep=args.keep, log=log)
+            ckpt_seconds = max(ckpt_seconds, time.time() - t1)
+            last_ckpt = time.time()
+
+    save_all(trainer, args.out, keep=args.keep, log=log)
+    log(json.dumps({"event": "exit", "reason": reason, "kimg": trainer.nimg / 1000, "step": trainer.step,
+                    "minutes": round((time.time() - t_start) / 60, 2)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Fast tests of the generator-training tool (python/train_generator.py) on a tiny 16-px config."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "python"))
+sys.path.insert(0, ROOT)
+
+tg = pytest.importorskip("train_generator")
+from training.discriminator import Discriminator, minibatch_stddev  # noqa: E402
+
+TINY = dict(tg.DEFAULT_CFG, resolution=16, z_dim=16, w_dim=16, map_layers=2, channel_base=64, channel_max=16,
+            d_channel_base=64, d_channel_max=16, batch=4, r1_interval=2, pl_weight=2.0, pl_interval=2,
+            conv_clamp=256, betas=[0.0, 0.99])
+TINY_ARGS = ["--resolution", "16", "--channel-base", "64", "--channel-max", "16", "--z-dim", "16",
+             "--map-layers", "2", "--batch", "4", "--threads", "1"]
+
+
+def _images(n=24, res=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, res, res), generator=g, dtype=torch.uint8)
+
+
+def _states_equal(a: torch.nn.Module, b: torch.nn.Module):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+def test_discriminator_shapes_and_downsampling():
+    torch.manual_seed(0)
+    D = Discriminator(img_resolution=32, channel_base=128, channel_max=16)
+    x = torch.randn(8, 3, 32, 32)
+    assert D(x).shape == (8, 1)
+    # The FIR blur + stride-2 path keeps a constant image constant (filter sums to 1) away from borders.
+    from training.discriminator import blur, _fir_4x4
+    c = torch.ones(1, 2, 8, 8)
+    y = blur(c, _fir_4x4(), pad=1, stride=2)
+    assert y.shape == (1, 2, 4, 4)
+    assert torch.allclose(y[:, :, 1:-1, 1:-1], torch.ones(1, 2, 2, 2))
+    # minibatch stddev: one extra channel, zero for identical samples within a group
+    z = torch.randn(1, 4, 4, 4).repeat(8, 1, 1, 1)
+    out = minibatch_stddev(z, 4)
+    assert out.shape == (8, 5, 4, 4)
+    assert out[:, 4].abs().max() < 1e-3
+
+
+def test_steps_checkpoint_resume_identical(tmp_path):
+    torch.set_num_threads(1)
+    images = _images()
+    tr = tg.Trainer(TINY, seed=1, images=images)
+    for _ in range(3):
+        tr.train_step()
+    ckpt = tg.save_all(tr, str(tmp_path), samples=False, log=lambda m: None)
+    for _ in range(3):  # crosses an R1 and a path-length step
+        tr.train_step()
+
+    tr2 = tg.Trainer(TINY, seed=1, images=images)
+    tr2.load_state_dict(tg.load_checkpoint_file(ckpt))
+    assert tr2.step == 3 and tr2.nimg == 12
+    for _ in range(3):
+        tr2.train_step()
+    for a, b in ((tr.G, tr2.G), (tr.D, tr2.D), (tr.G_ema, tr2.G_ema)):
+        _states_equal(a, b)
+    assert torch.equal(tr.pl_mean, tr2.pl_mean)
+    # training actually moved the weights and kept them finite
+    fresh = tg.Trainer(TINY, seed=1, images=images)
+    assert not torch.equal(fresh.G.synthesis.b16.conv1.weight, tr.G.synthesis.b16.conv1.weight)
+    assert all(torch.isfinite(p).all() for p in tr.G.parameters())
+
+    # compact and split exports round-trip
+    sd = tg.load_checkpoint_file(ckpt)
+    tg.export_compact(sd, str(tmp_path / "compact.pt"))
+    compact = tg.load_checkpoint_file(str(tmp_path / "compact.pt"))
+    assert "optG" not in compact and compact["step"] == 3
+    for k in ("G", "D", "G_ema"):
+        assert all(torch.equal(compact[k][n], sd[k][n]) for n in sd[k])
+    n_parts = tg.export_parts(sd, str(tmp_path / "parts"), max_mib=0.05)
+    assert n_parts > 2
+    parts = tg.load_checkpoint_file(str(tmp_path / "parts"))
+    for k in ("G", "D", "G_ema"):
+        assert parts[k].keys() == sd[k].keys()
+        assert all(torch.equal(parts[k][n], sd[k][n]) for n in sd[k])
+    tr3 = tg.Trainer(TINY, seed=1, images=images)
+    tr3.load_state_dict(parts)
+    assert all(torch.equal(v, sd["G"][k]) for k, v in tr3.G.state_dict().items())
+    assert tr3.optD.state_dict()["state"].keys() == tr2.optD.state_dict()["state"].keys()
+
+
+def test_cli_train_resume_and_export(tmp_path):
+    data = tmp_path / "faces.npy"
+    np.save(data, _images(16).permute(0, 2, 3, 1).numpy())
+    out = tmp_path / "run"
+    base = ["--data", str(data), "--out", str(out)] + TINY_ARGS
+    assert tg.main(base + ["--kimg", "0.008"]) == 0  # 2 steps
+    assert tg.main(base + ["--kimg", "0.016", "--resume"]) == 0  # 2 more
+    ckpts = tg.list_checkpoints(str(out))
+    assert len(ckpts) == 1
+    sd = tg.load_checkpoint_file(ckpts[-1])
+    assert sd["step"] == 4 and sd["nimg"] == 16
+    assert (out / "samples-init.png").exists() and (out / "samples-000000.png").exists()
+    log = [json.loads(line) for line in open(out / "log.jsonl")] if (out / "log.jsonl").exists() else []
+    assert all("kimg" in r for r in log)
+
+    # The exported G_ema loads with nothing but the safetensors layout + our Generator.
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    from pulse_ext.stylegan2 import Generator
+    path = str(out / "latest-G_ema.safetensors")
+    with safe_open(path, "pt") as f:
+        meta = f.metadata()
+    assert meta["format_version"] == "1"
+    G = Generator(**json.loads(meta["pulse_ext_config"])).eval()
+    G.load_state_dict(load_file(path))
+    G.set_impl("reference")
+    G_ema = Generator(**sd["G_kwargs"]).eval()
+    G_ema.load_state_dict(sd["G_ema"])
+    G_ema.set_impl("reference")
+    z = torch.randn(2, G.z_dim)
+    with torch.no_grad():
+        assert torch.equal(G(z, noise_mode="const"), G_ema(z, noise_mode="const"))
+
+    # compact export via the CLI
+    assert tg.main(["--out", str(out), "--export-compact", str(tmp_path / "c.pt")]) == 0
+    assert tg.load_checkpoint_file(str(tmp_path / "c.pt"))["compact"] is True
+
+
+def test_bf16_step_runs():
+    tr = tg.Trainer(dict(TINY, pl_weight=0.0), seed=2, bf16=True, channels_last=True, images=_images())
+    for _ in range(2):
+        tr.train_step()
+    stats = tr.pop_stats()
+    assert all(np.isfinite(v) for v in stats.values())
+    assert all(torch.isfinite(p).all() for p in tr.G.parameters())
