@@ -6,6 +6,7 @@
 
 #include "../common/area_downscale.h"
 #include "../kernels.h"
+#include "cpu_common.h"
 
 namespace pulse_ext::cpu {
 
@@ -15,7 +16,7 @@ template <typename T>
 void area_downscale_forward(const AreaDownscaleArgs<T>& a, T* diff, T* sq_partial, T* abs_partial) {
   const int64_t fh = a.H / a.h, fw = a.W / a.w;
   const double inv_area = 1.0 / double(fh * fw);
-  at::parallel_for(0, a.N * a.C * a.h, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, a.N * a.C * a.h, grain_for((a.H / a.h) * a.W), [&](int64_t begin, int64_t end) {
     std::vector<double> col_sum(a.W);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t i = row % a.h, plane = row / a.h, c = plane % a.C, n = plane / a.C;
@@ -44,7 +45,7 @@ template <typename T>
 void area_downscale_backward(const T* diff, const T* scale2, const T* scale1, T* grad_img, int64_t N, int64_t C,
                              int64_t H, int64_t W, int64_t h, int64_t w) {
   const int64_t fh = H / h, fw = W / w;
-  at::parallel_for(0, N * C * H, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N * C * H, grain_for(W), [&](int64_t begin, int64_t end) {
     std::vector<T> row_grad(w);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t y = row % H, plane = row / H, n = plane / C;

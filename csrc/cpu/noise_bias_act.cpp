@@ -5,40 +5,65 @@
 #include <vector>
 
 #include "../kernels.h"
+#include "cpu_common.h"
 
 namespace pulse_ext::cpu {
+namespace {
+
+// One row of the forward; noise may be nullptr. Parameters are passed by value so the compiler
+// knows the stores cannot change them (that is what lets the loop vectorise).
+template <typename T>
+PULSE_CPU_MULTIVERSION void forward_row(const T* __restrict x, const T* __restrict noise, T* __restrict y, int64_t len,
+                                        T demod, T strength, T bias, NoiseBiasActParams<T> p) {
+  if (noise) {
+    for (int64_t i = 0; i < len; ++i) y[i] = noise_bias_act_forward(x[i], demod, strength * noise[i], bias, p);
+  } else {
+    for (int64_t i = 0; i < len; ++i) y[i] = noise_bias_act_forward(x[i], demod, T(0), bias, p);
+  }
+}
+
+// One row of the backward: writes grad_x, adds gt into noise_sum (if any) and returns the row's
+// sums of gt and gt * x (x may be nullptr when there is no demodulation).
+template <typename T>
+PULSE_CPU_MULTIVERSION void backward_row(const T* __restrict grad, const T* __restrict y, const T* __restrict x,
+                                         T* __restrict grad_x, T* __restrict noise_sum, int64_t len, T demod,
+                                         NoiseBiasActParams<T> p, double* bias_sum, double* demod_sum) {
+  T b = T(0), d = T(0);
+  for (int64_t i = 0; i < len; ++i) {
+    const T gt = noise_bias_act_grad_preact(grad[i], y[i], p);
+    grad_x[i] = gt * demod;
+    b += gt;
+    if (x) d += gt * x[i];
+    if (noise_sum) noise_sum[i] += gt;
+  }
+  *bias_sum = b;
+  *demod_sum = d;
+}
+
+}  // namespace
 
 template <typename T>
 void noise_bias_act_forward(const NoiseBiasActArgs<T>& a, T* y) {
   const T strength = a.noise_strength ? *a.noise_strength : T(1);
-  at::parallel_for(0, a.N * a.C, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, a.N * a.C, grain_for(a.HW), [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t n = plane / a.C, c = plane % a.C;
-      const T d = a.demod ? a.demod[plane] : T(1);
-      const T b = a.bias ? a.bias[c] : T(0);
-      const T* x = a.x + plane * a.HW;
-      T* out = y + plane * a.HW;
-      if (a.noise) {
-        const T* noise = a.noise + (a.noise_batch == 1 ? 0 : n) * a.HW;
-        for (int64_t i = 0; i < a.HW; ++i)
-          out[i] = noise_bias_act_forward(x[i], d, strength * noise[i], b, a.p);
-      } else {
-        for (int64_t i = 0; i < a.HW; ++i) out[i] = noise_bias_act_forward(x[i], d, T(0), b, a.p);
-      }
+      const T* noise = a.noise ? a.noise + (a.noise_batch == 1 ? 0 : n) * a.HW : nullptr;
+      forward_row(a.x + plane * a.HW, noise, y + plane * a.HW, a.HW, a.demod ? a.demod[plane] : T(1), strength,
+                  a.bias ? a.bias[c] : T(0), a.p);
     }
   });
 }
 
 // One pass over grad, y (and x when demodulated). Work is split into (sample, pixel-chunk) tasks
 // that loop over all channels, so the channel sum for the noise gradient needs no second pass;
-// per-plane sums are kept per chunk in double and added up at the end.
+// per-plane sums are kept per chunk and added up at the end.
 template <typename T>
 void noise_bias_act_backward(const NoiseBiasActArgs<T>& a, const T* grad, const T* y, const NoiseBiasActGrads<T>& g) {
-  const int64_t chunk = std::max<int64_t>(256, (a.HW + 7) / 8);
+  const int64_t chunk = std::min<int64_t>(a.HW, 4096);
   const int64_t chunks = (a.HW + chunk - 1) / chunk;
-  std::vector<double> demod_acc(a.demod ? a.N * chunks * a.C : 0), bias_acc(a.N * chunks * a.C);
-  at::parallel_for(0, a.N * chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> gt(chunk);
+  std::vector<double> demod_acc(a.N * chunks * a.C), bias_acc(a.N * chunks * a.C);
+  at::parallel_for(0, a.N * chunks, grain_for(chunk * a.C), [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / chunks, k = task % chunks;
       const int64_t lo = k * chunk, len = std::min(chunk, a.HW - lo);
@@ -46,21 +71,9 @@ void noise_bias_act_backward(const NoiseBiasActArgs<T>& a, const T* grad, const 
       if (noise_sum) std::fill(noise_sum, noise_sum + len, T(0));
       for (int64_t c = 0; c < a.C; ++c) {
         const int64_t offset = (n * a.C + c) * a.HW + lo;
-        const T d = a.demod ? a.demod[n * a.C + c] : T(1);
-        double bias_sum = 0, demod_sum = 0;
-        for (int64_t i = 0; i < len; ++i) {
-          gt[i] = noise_bias_act_grad_preact(grad[offset + i], y[offset + i], a.p);
-          g.grad_x[offset + i] = gt[i] * d;
-          bias_sum += gt[i];
-        }
-        if (a.demod) {
-          const T* x = a.x + offset;
-          for (int64_t i = 0; i < len; ++i) demod_sum += double(gt[i]) * x[i];
-          demod_acc[task * a.C + c] = demod_sum;
-        }
-        if (noise_sum)
-          for (int64_t i = 0; i < len; ++i) noise_sum[i] += gt[i];
-        bias_acc[task * a.C + c] = bias_sum;
+        backward_row(grad + offset, y + offset, a.demod ? a.x + offset : nullptr, g.grad_x + offset, noise_sum, len,
+                     a.demod ? a.demod[n * a.C + c] : T(1), a.p, &bias_acc[task * a.C + c],
+                     &demod_acc[task * a.C + c]);
       }
     }
   });
@@ -69,7 +82,7 @@ void noise_bias_act_backward(const NoiseBiasActArgs<T>& a, const T* grad, const 
       double b = 0, d = 0;
       for (int64_t k = 0; k < chunks; ++k) {
         b += bias_acc[(n * chunks + k) * a.C + c];
-        if (a.demod) d += demod_acc[(n * chunks + k) * a.C + c];
+        d += demod_acc[(n * chunks + k) * a.C + c];
       }
       g.bias_partial[n * a.C + c] = T(b);
       if (a.demod) g.demod_partial[n * a.C + c] = T(d);
@@ -77,8 +90,8 @@ void noise_bias_act_backward(const NoiseBiasActArgs<T>& a, const T* grad, const 
   }
 }
 
-#define INSTANTIATE(T)                                                                   \
-  template void noise_bias_act_forward<T>(const NoiseBiasActArgs<T>&, T*);             \
+#define INSTANTIATE(T)                                                                       \
+  template void noise_bias_act_forward<T>(const NoiseBiasActArgs<T>&, T*);                 \
   template void noise_bias_act_backward<T>(const NoiseBiasActArgs<T>&, const T*, const T*, \
                                            const NoiseBiasActGrads<T>&);
 INSTANTIATE(float)

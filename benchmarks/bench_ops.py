@@ -1,0 +1,117 @@
+"""Op microbenchmarks: fused vs reference, forward and forward+backward, at shapes of a real generator.
+
+    python benchmarks/bench_ops.py [--device cpu|cuda] [--quick]
+
+Writes benchmarks/results/ops-<device>.{json,md}. Shapes follow PULSE: R restarts x a StyleGAN2 layer
+(CPU: the default 64-px generator's layers and scaled-down config-f ones; CUDA: 32 restarts at
+64^2 x 512, 256^2 x 128 and 1024^2 x 32). Reported: median time, speed-up (reference / fused), and
+achieved memory bandwidth (elementwise ops) or TFLOP/s (convolutions) from the minimal traffic or
+arithmetic of the op.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import time_call, write_results  # noqa: E402
+
+from pulse_ext import ops  # noqa: E402
+
+CPU_SHAPES = [  # (R, C, H): default 64-px generator layers and a config-f layer, scaled for 2 cores
+    (8, 128, 16), (8, 64, 32), (8, 32, 64), (2, 512, 16), (8, 128, 4)]
+CUDA_SHAPES = [(32, 512, 64), (32, 128, 256), (32, 32, 1024), (32, 512, 8)]
+
+
+def bench(fn_fused, fn_ref, device, *, backward_inputs, reps_seconds):
+    out = {}
+    for impl, fn in (("fused", fn_fused), ("reference", fn_ref)):
+        def forward():
+            with torch.no_grad():
+                fn()
+
+        def forward_backward():
+            y = fn()
+            loss = sum(t.sum() for t in y) if isinstance(y, tuple) else y.sum()
+            torch.autograd.grad(loss, backward_inputs)
+
+        out[f"{impl}_fwd_ms"] = time_call(forward, device, min_seconds=reps_seconds) * 1e3
+        out[f"{impl}_fwdbwd_ms"] = time_call(forward_backward, device, min_seconds=reps_seconds) * 1e3
+    out["speedup_fwd"] = out["reference_fwd_ms"] / out["fused_fwd_ms"]
+    out["speedup_fwdbwd"] = out["reference_fwdbwd_ms"] / out["fused_fwdbwd_ms"]
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="fewer shapes and shorter timing (smoke run)")
+    parser.add_argument("--seconds", type=float, default=0.5, help="minimum timing per measurement")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    shapes = CUDA_SHAPES if device.type == "cuda" else CPU_SHAPES
+    if args.quick:
+        shapes, args.seconds = shapes[:2], 0.1
+    torch.manual_seed(0)
+    rows = []
+    for r, c, h in shapes:
+        esize = 4
+        x = torch.randn(r, c, h, h, device=device, requires_grad=True)
+        noise = torch.randn(r, 1, h, h, device=device, requires_grad=True)
+        strength = torch.tensor(0.3, device=device, requires_grad=True)
+        bias = torch.randn(c, device=device, requires_grad=True)
+        demod = (torch.rand(r, c, device=device) + 0.5).requires_grad_()
+
+        def nba(impl):
+            return lambda: ops.noise_bias_act(x, noise, strength, bias, demod=demod, clamp=256.0, impl=impl)
+
+        row = dict(op="noise_bias_act", shape=f"{r}x{c}x{h}x{h}")
+        row.update(bench(nba("fused"), nba("reference"), device, backward_inputs=[x, noise, strength, bias, demod],
+                         reps_seconds=args.seconds))
+        # Minimal traffic: forward reads x (+ noise) and writes y; backward reads grad, y, x and writes grad_x.
+        n_el = x.numel()
+        row["fused_fwdbwd_GBps"] = (2 * n_el + 4 * n_el) * esize / (row["fused_fwdbwd_ms"] * 1e-3) / 1e9
+        rows.append(row)
+
+        rgb = torch.rand(r, 3, h * 4 if device.type == "cuda" else h, h * 4 if device.type == "cuda" else h,
+                         device=device, requires_grad=True)
+        target = torch.rand(1, 3, rgb.shape[2] // 4, rgb.shape[3] // 4, device=device)
+
+        def adl(impl):
+            return lambda: ops.area_downscale_loss(rgb, target, impl=impl)
+
+        row = dict(op="area_downscale_loss", shape=f"{r}x3x{rgb.shape[2]}x{rgb.shape[3]}/4")
+        row.update(bench(adl("fused"), adl("reference"), device, backward_inputs=[rgb], reps_seconds=args.seconds))
+        row["fused_fwdbwd_GBps"] = 2 * rgb.numel() * esize / (row["fused_fwdbwd_ms"] * 1e-3) / 1e9
+        rows.append(row)
+
+        weight = torch.randn(c, c, 3, 3, device=device)
+        styles = torch.randn(r, c, device=device, requires_grad=True)
+        for up in (1, 2):
+            xin = x if up == 1 else torch.randn(r, c, h // 2, h // 2, device=device, requires_grad=True)
+
+            def mc(impl):
+                return lambda: ops.modulated_conv2d(xin, weight, styles, up=up, impl=impl)
+
+            row = dict(op=f"modulated_conv2d up={up}", shape=f"{r}x{c}x{xin.shape[2]}->{c}x{h}")
+            row.update(bench(mc("fused"), mc("reference"), device, backward_inputs=[xin, styles],
+                             reps_seconds=args.seconds))
+            flops = 2 * r * c * c * 9 * xin.shape[2] * xin.shape[3]  # at the input resolution, as NVIDIA runs it
+            row["fused_fwd_TFLOPs"] = flops / (row["fused_fwd_ms"] * 1e-3) / 1e12
+            rows.append(row)
+        print(*(f"{row['op']} {row['shape']}: fwd x{row['speedup_fwd']:.2f} fwd+bwd x{row['speedup_fwdbwd']:.2f}"
+                for row in rows[-4:]), sep="\n", flush=True)
+    columns = ["op", "shape", "fused_fwd_ms", "reference_fwd_ms", "speedup_fwd", "fused_fwdbwd_ms",
+               "reference_fwdbwd_ms", "speedup_fwdbwd", "fused_fwdbwd_GBps", "fused_fwd_TFLOPs"]
+    notes = ("Speed-ups are reference time / fused time measured side by side in this run. GB/s counts the minimal "
+             "traffic (fp32); TFLOP/s counts 2*N*Cout*Cin*9*H_in*W_in for the convolution.")
+    path = write_results("ops", device, rows, columns, notes)
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()

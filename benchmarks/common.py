@@ -1,0 +1,75 @@
+"""Timing and reporting helpers shared by the benchmarks (not part of the installed package)."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], device: torch.device, *, min_seconds: float = 0.5, warmup: int = 2,
+              max_reps: int = 200) -> float:
+    """Median wall time of fn() in seconds (after warm-up), repeating until min_seconds have passed."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_reps and (len(times) < 3 or time.perf_counter() - start < min_seconds):
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def machine_info(device: torch.device) -> dict:
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def write_results(name: str, device: torch.device, rows: list[dict], columns: list[str], notes: str = "") -> str:
+    """Write rows as JSON and as a markdown table under benchmarks/results/; returns the markdown path."""
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    tag = f"{name}-{device.type}"
+    info = machine_info(device)
+    with open(os.path.join(RESULTS_DIR, tag + ".json"), "w") as f:
+        json.dump({"machine": info, "rows": rows, "notes": notes}, f, indent=1)
+    lines = [f"# {name} on {device.type}", "", "Machine: " + ", ".join(f"{k}={v}" for k, v in info.items()), ""]
+    if notes:
+        lines += [notes, ""]
+    lines.append("| " + " | ".join(columns) + " |")
+    lines.append("|" + "---|" * len(columns))
+    for row in rows:
+        cells = []
+        for c in columns:
+            v = row.get(c, "")
+            cells.append(f"{v:.3g}" if isinstance(v, float) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    path = os.path.join(RESULTS_DIR, tag + ".md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
