@@ -53,6 +53,22 @@ def test_discriminator_shapes_and_downsampling():
     assert out[:, 4].abs().max() < 1e-3
 
 
+@pytest.mark.parametrize("pad,stride", [(2, 1), (1, 2), (0, 1), (3, 1)])
+def test_blur_matches_depthwise_conv_and_double_backward(pad, stride):
+    from training.discriminator import blur, _fir_4x4
+    g = torch.Generator().manual_seed(pad)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    f = _fir_4x4().double()
+    ref = torch.nn.functional.conv2d(x, f.reshape(1, 1, 4, 4).repeat(3, 1, 1, 1), stride=stride, padding=pad,
+                                     groups=3)
+    assert torch.allclose(blur(x, f, pad, stride), ref, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda t: blur(t, f, pad, stride), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: blur(t, f, pad, stride), (x,))
+    # non-symmetric filter: the adjoint must flip it
+    fa = torch.arange(16, dtype=torch.float64).reshape(4, 4)
+    assert torch.autograd.gradcheck(lambda t: blur(t, fa, pad, stride), (x,))
+
+
 def test_steps_checkpoint_resume_identical(tmp_path):
     torch.set_num_threads(1)
     images = _images()
