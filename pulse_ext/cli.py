@@ -18,6 +18,7 @@ PROG = "pulse-ext"
 SUBCOMMANDS = {
     "convert": "pulse_ext.checkpoints.commands:CONVERT",
     "info": "pulse_ext.checkpoints.commands:INFO",
+    "upscale": "pulse_ext.cli_upscale:UPSCALE",
 }
 
 

@@ -173,8 +173,8 @@ def _select(result: SearchResult, num_outputs: int) -> List[int]:
 
 def upscale(image, *, generator=None, restarts: int = 8, steps: int = 100, num_outputs: int = 1, eps: float = 2e-3,
             loss: str = "100*L2+0.05*GEOCROSS", seed: Optional[int] = None,
-            device: Optional[Union[str, torch.device]] = None, progress: bool = False, return_result: bool = False,
-            **options):
+            device: Optional[Union[str, torch.device]] = None, progress: Union[bool, str] = False,
+            return_result: bool = False, callback=None, callback_every: int = 1, **options):
     """Super-resolve one face image with PULSE on a StyleGAN2 generator.
 
     Args:
@@ -189,8 +189,10 @@ def upscale(image, *, generator=None, restarts: int = 8, steps: int = 100, num_o
         seed: makes the search deterministic; None draws one (reported in the result).
         device: where to search; None = the generator's device (cuda if available for a loaded one).
             A Generator passed in is moved there in place.
-        progress: show a tqdm progress bar with the best L2 so far.
+        progress: show a tqdm progress bar with the best L2 so far (a string: the bar's label).
         return_result: return an ``UpscaleResult`` (candidates, L2s, flags, seed, timings) instead of images.
+        callback, callback_every: passed to ``PULSE.search``: ``callback(SearchProgress)`` every
+            ``callback_every`` steps and after the last (e.g. to record the search); None costs nothing.
         **options: forwarded to ``PULSE``: learning_rate, optimizer, lr_schedule, noise_type,
             num_trainable_noise_layers, bad_noise_layers, tile_latent, downscale ("area" | "bicubic"),
             sync_every, drop_converged, latent_stats, stats_samples, impl.
@@ -213,7 +215,8 @@ def upscale(image, *, generator=None, restarts: int = 8, steps: int = 100, num_o
     if seed is None:
         seed = secrets.randbits(63)
     searcher = PULSE(generator, loss=loss, eps=eps, steps=steps, **options)
-    result = searcher.search(x, restarts=restarts, seed=int(seed), progress=progress)
+    result = searcher.search(x, restarts=restarts, seed=int(seed), progress=progress, callback=callback,
+                             callback_every=callback_every)
 
     picked = _select(result, int(num_outputs))
     converged = [bool(result.converged[0, r]) for r in picked]

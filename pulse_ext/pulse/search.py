@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 
@@ -58,6 +58,26 @@ class SearchResult:
     def best_index(self) -> List[int]:
         """The best restart of each input (first of ``ranking``)."""
         return [self.ranking(b)[0] for b in range(self.loss.shape[0])]
+
+
+@dataclass
+class SearchProgress:
+    """What a ``PULSE.search(callback=...)`` callback receives every ``callback_every`` steps.
+
+    step: steps done so far (1-based). final: True on the last call of the search (the step that
+    finished it). images [B, R, C, H, W], l2 / loss [B, R], converged [B, R]: each restart's best so far,
+    as ``SearchResult`` (a fresh copy on the search device; reading it on the host is the only
+    synchronisation the callback causes). ``ranking`` / ``best_index`` as ``SearchResult``.
+    """
+    step: int
+    final: bool
+    images: torch.Tensor
+    l2: torch.Tensor
+    loss: torch.Tensor
+    converged: torch.Tensor
+
+    ranking = SearchResult.ranking
+    best_index = SearchResult.best_index
 
 
 class PULSE:
@@ -187,7 +207,8 @@ class PULSE:
         return latent, noise, kinds
 
     def search(self, target: torch.Tensor, restarts: int = 8, seed: int = 0,
-               seeds: Optional[Sequence[Sequence[int]]] = None, progress: bool = False) -> SearchResult:
+               seeds: Optional[Sequence[Sequence[int]]] = None, progress: Union[bool, str] = False,
+               callback: Optional[Callable[[SearchProgress], None]] = None, callback_every: int = 1) -> SearchResult:
         """Search for generator images whose downscaled version matches ``target``.
 
         Args:
@@ -195,7 +216,11 @@ class PULSE:
             restarts: R, restarts per input.
             seed: derives every restart's seed (``latent.restart_seed(seed, b, r)``).
             seeds: explicit [B][R] restart seeds instead (a restart's trajectory depends only on its seed).
-            progress: show a tqdm bar (updated at sync points) with the best L2 of each input.
+            progress: show a tqdm bar (updated at sync points) with the best L2 of each input; a string
+                is used as the bar's label.
+            callback: called as ``callback(SearchProgress)`` after every ``callback_every``-th step and
+                after the last step (e.g. to record intermediate images). None (default) costs nothing:
+                no copies and no host synchronisation are added to the loop.
         """
         G = self.generator
         param = next(G.parameters())
@@ -218,6 +243,8 @@ class PULSE:
             raise ValueError(f"seeds must be [B][R] with B={num_images} and R >= 1 the same for every input")
         num_restarts = len(seeds[0])
         n = num_images * num_restarts
+        if int(callback_every) < 1:
+            raise ValueError(f"callback_every must be >= 1, got {callback_every}")
         target = target.to(device=device, dtype=dtype)
 
         t0 = time.perf_counter()
@@ -231,14 +258,15 @@ class PULSE:
             if self.impl is not None:
                 G.set_impl(self.impl)
             return self._run(target, seeds, n, num_images, num_restarts, stats, stats_seconds, device, dtype,
-                             progress)
+                             progress, callback, int(callback_every))
         finally:
             for p, flag in zip(G.parameters(), saved_flags):
                 p.requires_grad_(flag)
             if self.impl is not None and saved_impl is not None:
                 G.set_impl(saved_impl)
 
-    def _run(self, target, seeds, n, num_images, num_restarts, stats, stats_seconds, device, dtype, progress):
+    def _run(self, target, seeds, n, num_images, num_restarts, stats, stats_seconds, device, dtype, progress,
+             callback=None, callback_every=1):
         G = self.generator
         loss_impl = self.impl or "auto"
         latent, noise, kinds = self._init_rows([s for row in seeds for s in row], device, dtype)
@@ -277,7 +305,7 @@ class PULSE:
         bar = None
         if progress:
             from tqdm.auto import tqdm
-            bar = tqdm(total=self.steps, desc="PULSE", unit="step")
+            bar = tqdm(total=self.steps, desc=progress if isinstance(progress, str) else "PULSE", unit="step")
         steps_run = 0
         start = time.perf_counter()
         for step in range(self.steps):
@@ -300,12 +328,18 @@ class PULSE:
             opt.zero_grad()
             del img, w, loss, l2, l1
             steps_run = step + 1
-            if steps_run % self.sync_every == 0 or steps_run == self.steps:
+            finished = steps_run == self.steps
+            if steps_run % self.sync_every == 0 or finished:
                 num_active = int(active.sum())  # the only host synchronisation
                 if bar is not None:
                     bar.update(steps_run - bar.n)
                     bar.set_postfix_str(self._progress_text(out_l2, rows, best_l2, num_images, num_restarts,
                                                             num_active))
+                finished = finished or num_active == 0
+            if callback is not None and (steps_run % callback_every == 0 or finished):
+                callback(self._snapshot(steps_run, finished, rows, num_images, num_restarts, out_img, best_img,
+                                        out_l2, best_l2, out_loss, best_loss, active))
+            if steps_run % self.sync_every == 0 or finished:
                 if num_active == 0:
                     break
                 if self.drop_converged and num_active < rows.numel():
@@ -339,6 +373,19 @@ class PULSE:
             converged_step=per_image(out_step), seeds=seeds, steps_run=steps_run, seconds=seconds,
             stats_seconds=stats_seconds,
             timings={"search_s": seconds, "seconds_per_step": seconds / max(steps_run, 1), "stats_s": stats_seconds})
+
+    @staticmethod
+    def _snapshot(step, final, rows, num_images, num_restarts, out_img, best_img, out_l2, best_l2, out_loss,
+                  best_loss, active) -> SearchProgress:
+        """Every restart's best so far (rows still in the batch from best_*, the others from out_*)."""
+        with torch.no_grad():
+            def merged(out, best):
+                return out.index_copy(0, rows, best).view(num_images, num_restarts, *out.shape[1:])
+
+            converged = torch.ones(out_l2.shape[0], dtype=torch.bool, device=out_l2.device).index_copy(0, rows, ~active)
+            return SearchProgress(step=step, final=final, images=merged(out_img, best_img),
+                                  l2=merged(out_l2, best_l2), loss=merged(out_loss, best_loss),
+                                  converged=converged.view(num_images, num_restarts))
 
     @staticmethod
     def _progress_text(out_l2, rows, best_l2, num_images, num_restarts, num_active) -> str:

@@ -1,0 +1,550 @@
+"""``pulse-ext upscale``: the PULSE search on image files, registered in :mod:`pulse_ext.cli`.
+
+The work happens in this order, so that mistakes are reported before any time is spent searching:
+
+1. read every input (any image PIL reads; EXIF orientation applied; converted to RGB / L);
+2. plan every output path and check it: not existing (unless ``--overwrite``), in a directory that
+   exists (or, for an output folder, can be created) and accepts a test file;
+3. load the generator and check the input sizes against its resolution (``--resize`` to fix them);
+4. search each input, write its images, the optional GIF of the search, and last its JSON metadata.
+
+Every file is written to a temporary file in the destination directory and renamed over its final
+name (``os.replace``), so an interrupted or failed run leaves no half-written file behind.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+# Output file extensions PIL can write (checked again against PIL's registry at run time).
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm")
+
+
+# --------------------------------------------------------------------------------------------------
+# argument parsing
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _nonnegative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text):
+    value = _nonnegative_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _seed(text):
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"seed must be in [0, 2**63), got {text!r}")
+    return value
+
+
+def _one_line_error(parser):
+    """Make ``parser`` report bad arguments as one line ``pulse-ext: error: …`` (exit 2), no usage dump."""
+    def error(message):
+        from pulse_ext.cli import PROG
+
+        parser.exit(2, f"{PROG}: error: {' '.join(str(message).split())} (see {parser.prog} --help)\n")
+    parser.error = error
+    parse_known_args = parser.parse_known_args
+
+    def parse_known_args_strict(args=None, namespace=None):
+        # Unknown options would otherwise reach the top-level parser, which prints its usage too.
+        namespace, extras = parse_known_args(args, namespace)
+        if extras:
+            error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+    parser.parse_known_args = parse_known_args_strict
+
+
+def add_arguments(parser):
+    from pulse_ext.pulse.losses import DOWNSCALERS
+    from pulse_ext.pulse.optim import LR_SCHEDULES, OPTIMIZERS
+    from pulse_ext.pulse.search import NOISE_TYPES
+
+    _one_line_error(parser)
+    parser.add_argument("inputs", nargs="+", metavar="IN", help="low-resolution face image(s), any format PIL reads")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT",
+                        help="output image file (one input, one output per input) or folder (created if missing)")
+    parser.add_argument("--generator", default="default", metavar="PATH",
+                        help="StyleGAN2 checkpoint (.pkl, .pt, .safetensors) or 'default' (the embedded one)")
+    parser.add_argument("--restarts", type=_positive_int, default=8, metavar="R",
+                        help="random restarts per input, searched as one batch (default %(default)s)")
+    parser.add_argument("--steps", type=_positive_int, default=100,
+                        help="maximum optimisation steps (default %(default)s)")
+    parser.add_argument("--eps", type=_nonnegative_float, default=2e-3,
+                        help="a restart succeeds when the mean squared error of its downscaled image is below "
+                             "this (default %(default)s)")
+    parser.add_argument("--loss", default="100*L2+0.05*GEOCROSS",
+                        help="weighted loss terms L2, L1, GEOCROSS (default %(default)s)")
+    parser.add_argument("--seed", type=_seed, default=None,
+                        help="random seed (default: drawn, and recorded in the JSON metadata)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--lr", type=_positive_float, default=0.4, help="base learning rate (default %(default)s)")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="optimiser (default %(default)s)")
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="linear1cycledrop",
+                        help="learning-rate schedule (default %(default)s)")
+    parser.add_argument("--noise-type", choices=NOISE_TYPES, default="trainable",
+                        help="how noise maps are treated (default %(default)s)")
+    parser.add_argument("--downscale", choices=DOWNSCALERS, default="area",
+                        help="how a candidate is downscaled for comparison with the input (default %(default)s)")
+    parser.add_argument("--num-outputs", type=_positive_int, default=1, metavar="K",
+                        help="K distinct faces per input, converged ones first; K <= restarts (default %(default)s)")
+    parser.add_argument("--save-all", action="store_true", help="also write every restart's result (NAME.restartNN)")
+    parser.add_argument("--save-intermediate", action="store_true",
+                        help="also write an animated GIF of the search (NAME.search.gif): the best image so far")
+    parser.add_argument("--intermediate-every", type=_positive_int, default=5, metavar="N",
+                        help="steps between GIF frames (default %(default)s)")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit with status 1 when no restart of some input met eps (the best is still written)")
+    parser.add_argument("--resize", action="store_true",
+                        help="resize inputs whose size does not divide the generator resolution to the nearest size "
+                             "that does (default: refuse them)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no 'wrote' lines "
+                        "(warnings and errors are still printed)")
+
+
+# --------------------------------------------------------------------------------------------------
+# inputs
+
+def read_image(path, channels=3):
+    """Open ``path`` with PIL, apply its EXIF orientation, and return an RGB (or L) image."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    from pulse_ext.cli import UsageError
+
+    if not os.path.exists(path):
+        raise UsageError(f"input not found: {path}")
+    if os.path.isdir(path):
+        raise UsageError(f"input is a folder, not an image: {path}")
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            image = ImageOps.exif_transpose(opened)
+            if image is opened:
+                image = opened.copy()
+    except UnidentifiedImageError:
+        raise UsageError(f"cannot read {path}: not an image format PIL knows") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated / corrupt files, unreadable files
+        raise UsageError(f"cannot read {path}: {exc}") from None
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # high bit-depth gray: scale to 8 bits
+        import numpy as np
+
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / peak * 255 + 0.5, 0, 255).astype(np.uint8))
+    if image.mode in ("P", "PA", "LA", "RGBA", "La", "RGBa") and channels == 3:
+        image = image.convert("RGBA")  # honour palette transparency; alpha is then dropped
+    return image.convert("RGB" if channels == 3 else "L")
+
+
+def nearest_valid_size(size, resolution):
+    """The side s dividing ``resolution`` nearest (in log scale) to the image's size; ties go up."""
+    from pulse_ext.upscale import valid_input_sizes
+
+    w, h = size
+    target = math.log(math.sqrt(w * h))
+    return min(reversed(valid_input_sizes(resolution)), key=lambda s: abs(math.log(s) - target))
+
+
+def fit_size(image, resolution):
+    """Resize ``image`` to the nearest valid s x s (area averaging down, bicubic up)."""
+    from PIL import Image
+
+    side = nearest_valid_size(image.size, resolution)
+    shrink = side <= min(image.size)
+    return image.resize((side, side), Image.Resampling.BOX if shrink else Image.Resampling.BICUBIC)
+
+
+# --------------------------------------------------------------------------------------------------
+# outputs
+
+def _image_format(suffix):
+    from PIL import Image
+
+    fmt = Image.registered_extensions().get(suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        return None
+    return fmt
+
+
+def plan_outputs(inputs, output, args):
+    """Per input: {'prefix', 'images': [K paths], 'all': [R paths], 'gif', 'json'}; raises UsageError."""
+    from pulse_ext.cli import UsageError
+
+    per_input = args.num_outputs
+    out = Path(output)
+    suffix = out.suffix.lower()
+    file_mode = not out.is_dir() and suffix in _IMAGE_SUFFIXES
+    if file_mode and (len(inputs) > 1 or per_input > 1):
+        what = f"{len(inputs)} inputs" if len(inputs) > 1 else f"--num-outputs {per_input}"
+        raise UsageError(f"-o {output} names one image file, but {what} make several images; give a folder")
+    if not file_mode and out.exists() and not out.is_dir():
+        raise UsageError(f"-o {output} exists and is not a folder")
+    if not file_mode and suffix and suffix not in _IMAGE_SUFFIXES and out.suffix[1:].isalpha() and len(suffix) <= 5:
+        raise UsageError(f"-o {output}: {suffix} is not an image format pulse-ext writes "
+                         f"({', '.join(_IMAGE_SUFFIXES)}); for a folder, give a name without an extension")
+    if file_mode:
+        if _image_format(suffix) is None:
+            raise UsageError(f"-o {output}: PIL cannot write {suffix} files")
+        ext = out.suffix
+        prefixes = [out.with_suffix("")]
+    else:
+        ext = ".png"
+        stems = [Path(p).stem for p in inputs]
+        clashes = sorted({s for s in stems if stems.count(s) > 1})
+        if clashes:
+            raise UsageError(f"inputs share the name {clashes[0]!r} (outputs would collide); "
+                             f"rename them or run them separately")
+        prefixes = [out / s for s in stems]
+    plans = []
+    for prefix in prefixes:
+        if file_mode:
+            images = [out]
+        elif per_input == 1:
+            images = [Path(f"{prefix}{ext}")]
+        else:
+            images = [Path(f"{prefix}_{k}{ext}") for k in range(1, per_input + 1)]
+        plans.append({
+            "prefix": prefix,
+            "images": images,
+            "all": [Path(f"{prefix}.restart{r:02d}{ext}") for r in range(args.restarts)] if args.save_all else [],
+            "gif": Path(f"{prefix}.search.gif") if args.save_intermediate else None,
+            "json": Path(f"{prefix}.json"),
+        })
+    return plans, (None if file_mode else out)
+
+
+def _plan_paths(plan):
+    paths = list(plan["images"]) + list(plan["all"]) + [plan["json"]]
+    if plan["gif"] is not None:
+        paths.append(plan["gif"])
+    return paths
+
+
+def _probe_writable(directory, what):
+    from pulse_ext.cli import UsageError
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".pulse-ext-probe-", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"cannot write {what}: {directory}: {exc.strerror or exc}") from None
+
+
+def check_outputs(plans, folder, overwrite):
+    """Refuse existing outputs (unless ``overwrite``) and prove each output directory is writable.
+
+    Creates nothing: an output folder that does not exist yet is checked through its nearest existing
+    ancestor, and made by :func:`make_output_folder` just before the search.
+    """
+    from pulse_ext.cli import UsageError
+
+    paths = [p for plan in plans for p in _plan_paths(plan)]
+    if len(set(paths)) != len(paths):
+        raise UsageError("two outputs would get the same file name; rename the inputs or the output")
+    for path in paths:
+        if path.is_dir():
+            raise UsageError(f"output {path} is a folder")
+        if path.exists() and not overwrite:
+            raise UsageError(f"{path} exists (pass --overwrite to replace it)")
+    for directory in sorted({p.parent for p in paths}):
+        if directory.is_dir():
+            _probe_writable(directory, "to the output folder")
+            continue
+        if folder is None or directory != folder:
+            kind = "is a file, not a folder" if directory.exists() else "does not exist"
+            raise UsageError(f"output folder {directory} {kind}")
+        ancestor = directory.absolute()
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise UsageError(f"cannot create output folder {directory}: {ancestor} is a file, not a folder")
+        _probe_writable(ancestor, f"output folder {directory} (cannot create it in)")
+
+
+def make_output_folder(folder):
+    from pulse_ext.cli import UsageError
+
+    if folder is not None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create output folder {folder}: {exc.strerror or exc}") from None
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path, write):
+    """``write(tmp_path)`` into a temporary file beside ``path``, then rename it to ``path``.
+
+    Whatever goes wrong (an exception, Ctrl-C), the temporary file is removed and ``path`` is left as
+    it was. An OSError (disk full, permissions) becomes a one-line ``UsageError``.
+    """
+    from pulse_ext.cli import UsageError
+
+    path = Path(path)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException as exc:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        if isinstance(exc, OSError):
+            raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise
+
+
+def save_image(image, path):
+    fmt = _image_format(Path(path).suffix)
+    if fmt == "JPEG":
+        atomic_write(path, lambda tmp: image.save(tmp, format=fmt, quality=95))
+    else:
+        atomic_write(path, lambda tmp: image.save(tmp, format=fmt))
+
+
+def save_gif(frames, path, frame_ms=120):
+    def write(tmp):
+        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
+    atomic_write(path, write)
+
+
+def save_json(data, path):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+    atomic_write(path, write)
+
+
+# --------------------------------------------------------------------------------------------------
+# the command
+
+def _resolve_device(text):
+    import torch
+
+    from pulse_ext.cli import UsageError
+
+    if text is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device: not a torch device: {text!r} (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {text}: CUDA is not available here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def _describe_generator(spec, G):
+    from pulse_ext.checkpoints import DEFAULT_PATH
+
+    path = DEFAULT_PATH if spec == "default" else Path(spec)
+    return {"checkpoint": str(spec), "path": str(Path(path).resolve()), "resolution": G.img_resolution,
+            "img_channels": G.img_channels, "z_dim": G.z_dim, "w_dim": G.w_dim, "num_ws": G.num_ws,
+            "parameters": sum(p.numel() for p in G.parameters())}
+
+
+class _Frames:
+    """Callback for ``--save-intermediate``: the best image so far of the (single) input, as PIL frames."""
+
+    def __init__(self):
+        self.frames, self.steps = [], []
+
+    def __call__(self, state):
+        from pulse_ext.upscale import tensor_to_pil
+
+        best = state.ranking(0)[0]
+        self.frames.append(tensor_to_pil(state.images[0, best].detach().float().cpu()))
+        self.steps.append(state.step)
+
+
+def run(args):
+    import torch
+
+    from pulse_ext import __version__
+    from pulse_ext.checkpoints import load_generator
+    from pulse_ext.cli import PROG, UsageError
+    from pulse_ext.pulse.losses import parse_loss
+    from pulse_ext.upscale import PulseConvergenceWarning, tensor_to_pil, upscale, valid_input_sizes
+
+    started = time.perf_counter()
+
+    def say(text):
+        if not args.quiet:
+            print(text, file=sys.stderr)
+
+    def warn(text):
+        print(f"{PROG}: warning: {text}", file=sys.stderr)
+
+    # 1. options and inputs, before anything slow.
+    if args.num_outputs > args.restarts:
+        raise UsageError(f"--num-outputs {args.num_outputs} is more than --restarts {args.restarts}")
+    try:
+        parse_loss(args.loss)
+    except ValueError as exc:
+        raise UsageError(f"--loss: {exc}") from None
+    device = _resolve_device(args.device)
+    images = [read_image(path) for path in args.inputs]
+
+    # 2. outputs.
+    plans, folder = plan_outputs(args.inputs, args.output, args)
+    check_outputs(plans, folder, args.overwrite)
+
+    # 3. generator and sizes.
+    load_start = time.perf_counter()
+    G = load_generator(args.generator, device=device)
+    load_seconds = time.perf_counter() - load_start
+    resolution = G.img_resolution
+    if G.img_channels != 3:
+        images = [image.convert("L") for image in images]
+    original_sizes = [image.size for image in images]
+    for i, (path, image) in enumerate(zip(args.inputs, images)):
+        w, h = image.size
+        if resolution % w == 0 and resolution % h == 0:
+            continue
+        if not args.resize:
+            sizes = valid_input_sizes(resolution)
+            typical = [f"{s}x{s}" for s in sizes if 8 <= s <= resolution // 8] or [f"{s}x{s}" for s in sizes]
+            side = nearest_valid_size((w, h), resolution)
+            raise UsageError(f"{path} is {w}x{h}, which does not fit the {resolution}x{resolution} generator: width "
+                             f"and height must divide {resolution} (e.g. {', '.join(typical)}); "
+                             f"pass --resize to resize it to {side}x{side}")
+        images[i] = fit_size(image, resolution)
+        say(f"{path}: resized {w}x{h} -> {images[i].size[0]}x{images[i].size[1]}")
+
+    seed = args.seed
+    if seed is None:
+        import secrets
+        seed = secrets.randbits(63)
+    options = dict(learning_rate=args.lr, optimizer=args.optimizer, lr_schedule=args.lr_schedule,
+                   noise_type=args.noise_type, downscale=args.downscale)
+    recorded_options = {"restarts": args.restarts, "steps": args.steps, "eps": args.eps, "loss": args.loss,
+                        "num_outputs": args.num_outputs, "device": str(device), "lr": args.lr,
+                        "optimizer": args.optimizer, "lr_schedule": args.lr_schedule, "noise_type": args.noise_type,
+                        "downscale": args.downscale, "save_all": args.save_all,
+                        "save_intermediate": args.save_intermediate, "intermediate_every": args.intermediate_every,
+                        "strict": args.strict, "resize": args.resize, "overwrite": args.overwrite}
+    generator_info = _describe_generator(args.generator, G)
+    make_output_folder(folder)
+
+    # 4. search and write, input by input.
+    unconverged = []
+    for index, (path, image, plan) in enumerate(zip(args.inputs, images, plans)):
+        frames = _Frames() if args.save_intermediate else None
+        label = Path(path).name if len(args.inputs) == 1 else f"[{index + 1}/{len(args.inputs)}] {Path(path).name}"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PulseConvergenceWarning)
+            try:
+                result = upscale(image, generator=G, restarts=args.restarts, steps=args.steps,
+                                 num_outputs=args.num_outputs, eps=args.eps, loss=args.loss, seed=seed, device=device,
+                                 progress=False if args.quiet else label, return_result=True, callback=frames,
+                                 callback_every=args.intermediate_every, **options)
+            except ValueError as exc:  # an option the search refuses (e.g. a loss the generator cannot use)
+                raise UsageError(str(exc)) from None
+        for warning in caught:
+            if issubclass(warning.category, PulseConvergenceWarning):
+                warn(f"{path}: {str(warning.message).removeprefix('PULSE: ')}")
+            else:
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        search = result.search
+        if not bool(search.converged[0].any()):
+            unconverged.append(path)
+
+        written = []
+        for candidate, out_path in zip(result.candidates, plan["images"]):
+            save_image(candidate, out_path)
+            written.append(str(out_path))
+        all_paths = []
+        if args.save_all:
+            all_images = search.images[0].detach().float().clamp(0, 1).cpu()
+            for r, out_path in enumerate(plan["all"]):
+                save_image(tensor_to_pil(all_images[r]), out_path)
+                all_paths.append(str(out_path))
+        if frames is not None and frames.frames:
+            save_gif(frames.frames, plan["gif"])
+        metadata = {
+            "pulse_ext_version": __version__,
+            "torch_version": torch.__version__,
+            "input": str(path),
+            "input_size": list(original_sizes[index]),
+            "searched_size": list(image.size),
+            "resized": tuple(image.size) != tuple(original_sizes[index]),
+            "outputs": written,
+            "candidates": [{"path": p, "restart": r, "l2": l2, "converged": c,
+                            "converged_step": int(search.converged_step[0, r]),
+                            "loss": float(search.loss[0, r])}
+                           for p, r, l2, c in zip(written, result.restart_indices, result.l2, result.converged)],
+            "restarts": [{"restart": r, "seed": int(search.seeds[0][r]), "l2": float(search.l2[0, r]),
+                          "l1": float(search.l1[0, r]), "loss": float(search.loss[0, r]),
+                          "converged": bool(search.converged[0, r]),
+                          "converged_step": int(search.converged_step[0, r]),
+                          **({"path": all_paths[r]} if all_paths else {})}
+                         for r in range(args.restarts)],
+            "converged": bool(search.converged[0].any()),
+            "num_converged": int(search.converged[0].sum()),
+            "intermediate": ({"path": str(plan["gif"]), "frames": len(frames.frames), "steps": frames.steps}
+                             if frames is not None and frames.frames else None),
+            "seed": int(seed),
+            "steps_run": int(result.steps_run),
+            "timings": {**{k: float(v) for k, v in result.timings.items()}, "generator_load_s": load_seconds},
+            "generator": generator_info,
+            "options": recorded_options,
+        }
+        save_json(metadata, plan["json"])
+        best = ", ".join(f"{v:.3g}" for v in result.l2)
+        say(f"wrote {', '.join(written)} (L2 {best}; {metadata['num_converged']}/{args.restarts} restarts converged; "
+            f"{result.steps_run} steps, {result.timings['search_s']:.1f}s) and {plan['json']}")
+
+    say(f"done: {len(args.inputs)} input(s), seed {seed}, {time.perf_counter() - started:.1f}s")
+    if args.strict and unconverged:
+        print(f"{PROG}: error: --strict: no restart met eps={args.eps} for {', '.join(map(str, unconverged))} "
+              f"(the best results were written)", file=sys.stderr)
+        return 1
+    return 0
+
+
+UPSCALE = ("super-resolve low-resolution face images with PULSE", add_arguments, run)
