@@ -429,11 +429,23 @@ def sample_grid(G_ema, path: str, grid: int = SAMPLE_GRID, device="cpu"):
     os.replace(tmp, path)
 
 
-def save_all(trainer: Trainer, out_dir: str, keep: int = 3, samples: bool = True, log=print):
+def save_all(trainer: Trainer, out_dir: str, keep: int = 3, samples: bool = True, log=print,
+             milestone_kimg: float = 0):
     t0 = time.time()
     kimg = trainer.nimg // 1000
     path = os.path.join(out_dir, f"ckpt-{kimg:06d}.pt")
     atomic_torch_save(trainer.state_dict(), path)
+    if milestone_kimg > 0 and trainer.nimg >= milestone_kimg * 1000:
+        # The first checkpoint past each multiple of milestone_kimg is kept for good (a hard link:
+        # no extra disk), so a late collapse can always be rolled back. Not used by --resume.
+        m = int(trainer.nimg // (milestone_kimg * 1000) * milestone_kimg)
+        mpath = os.path.join(out_dir, f"milestone-{m:06d}kimg.pt")
+        if not os.path.exists(mpath):
+            try:
+                os.link(path, mpath)
+            except OSError:
+                import shutil
+                shutil.copyfile(path, mpath)
     for old in list_checkpoints(out_dir)[:-keep]:
         if old != path:
             os.remove(old)
@@ -514,7 +526,9 @@ def parse_args(argv=None):
     ap.add_argument("--resume", action="store_true", help="resume from the latest ckpt-*.pt in --out")
     ap.add_argument("--resume-from", help="resume from this checkpoint file / compact file / parts dir")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--keep", type=int, default=3)
+    ap.add_argument("--keep", type=int, default=3, help="ckpt-*.pt files kept (newest)")
+    ap.add_argument("--milestone-kimg", type=float, default=100,
+                    help="also keep the first checkpoint past every multiple of this many kimg (0 = off)")
     # recipe overrides (when resuming the checkpoint's config wins, except batch/lr/r1-gamma/pl-weight when given)
     ap.add_argument("--batch", type=int)
     ap.add_argument("--resolution", type=int)
@@ -696,11 +710,11 @@ def main(argv=None) -> int:
             last_log, log_nimg = now, trainer.nimg
         if now - last_ckpt >= args.ckpt_minutes * 60:
             t1 = time.time()
-            save_all(trainer, args.out, keep=args.keep, log=log)
+            save_all(trainer, args.out, keep=args.keep, log=log, milestone_kimg=args.milestone_kimg)
             ckpt_seconds = max(ckpt_seconds, time.time() - t1)
             last_ckpt = time.time()
 
-    save_all(trainer, args.out, keep=args.keep, log=log)
+    save_all(trainer, args.out, keep=args.keep, log=log, milestone_kimg=args.milestone_kimg)
     log(json.dumps({"event": "exit", "reason": reason, "kimg": trainer.nimg / 1000, "step": trainer.step,
                     "minutes": round((time.time() - t_start) / 60, 2)}))
     return 0

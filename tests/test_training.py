@@ -117,9 +117,10 @@ def test_cli_train_resume_and_export(tmp_path):
     out = tmp_path / "run"
     base = ["--data", str(data), "--out", str(out)] + TINY_ARGS
     assert tg.main(base + ["--kimg", "0.008"]) == 0  # 2 steps
-    assert tg.main(base + ["--kimg", "0.016", "--resume"]) == 0  # 2 more
+    assert tg.main(base + ["--kimg", "0.016", "--resume", "--milestone-kimg", "0.01"]) == 0  # 2 more
     ckpts = tg.list_checkpoints(str(out))
     assert len(ckpts) == 1
+    assert (out / "milestone-000000kimg.pt").exists()  # 0.01 kimg rounds to 0 in the name
     sd = tg.load_checkpoint_file(ckpts[-1])
     assert sd["step"] == 4 and sd["nimg"] == 16
     assert (out / "samples-init.png").exists() and (out / "samples-000000.png").exists()
