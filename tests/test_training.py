@@ -145,6 +145,14 @@ def test_cli_train_resume_and_export(tmp_path):
     with torch.no_grad():
         assert torch.equal(G(z, noise_mode="const"), G_ema(z, noise_mode="const"))
 
+    # ... and through the package's own loader, when present
+    import pulse_ext.checkpoints as pc
+    if hasattr(pc, "load_generator"):
+        G2 = pc.load_generator(path).eval()
+        G2.set_impl("reference")
+        with torch.no_grad():
+            assert torch.allclose(G2(z, noise_mode="const"), G_ema(z, noise_mode="const"), atol=1e-6)
+
     # compact export via the CLI
     assert tg.main(["--out", str(out), "--export-compact", str(tmp_path / "c.pt")]) == 0
     assert tg.load_checkpoint_file(str(tmp_path / "c.pt"))["compact"] is True
