@@ -503,6 +503,21 @@ def export_parts(sd: dict, out_dir: str, max_mib: float = 15.0):
         else:
             small[key] = val
     parts.insert(0, small)
+    # pack pieces greedily into as few files as fit the limit ($OUT takes at most 8 files)
+    packed, cur = [], {}
+    for p in parts:
+        if cur and nbytes(cur) + nbytes(p) > limit:
+            packed.append(cur)
+            cur = {}
+        for k, v in p.items():
+            if k in cur:  # two chunks of one state dict in the same file
+                cur[k] = {**cur[k], **v}
+            else:
+                cur[k] = v
+    packed.append(cur)
+    parts = packed
+    for old in glob.glob(os.path.join(out_dir, "part-*.pt")):
+        os.remove(old)
     for i, p in enumerate(parts):
         atomic_torch_save(p, os.path.join(out_dir, f"part-{i:02d}.pt"))
     return len(parts)
