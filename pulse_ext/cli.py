@@ -16,6 +16,7 @@ import sys
 PROG = "pulse-ext"
 
 SUBCOMMANDS = {
+    "align": "pulse_ext.cli_align:ALIGN",
     "convert": "pulse_ext.checkpoints.commands:CONVERT",
     "info": "pulse_ext.checkpoints.commands:INFO",
     "upscale": "pulse_ext.cli_upscale:UPSCALE",
