@@ -1,6 +1,6 @@
 """Op microbenchmarks: fused vs reference, forward and forward+backward, at shapes of a real generator.
 
-    python benchmarks/bench_ops.py [--device cpu|cuda] [--quick]
+    python benchmarks/bench_ops.py [--device cpu|cuda] [--threads N] [--quick]
 
 Writes benchmarks/results/ops-<device>.{json,md}. Shapes follow PULSE: R restarts x a StyleGAN2 layer
 (CPU: the default 64-px generator's layers and scaled-down config-f ones; CUDA: 32 restarts at
@@ -25,6 +25,9 @@ from pulse_ext import ops  # noqa: E402
 CPU_SHAPES = [  # (R, C, H): default 64-px generator layers and a config-f layer, scaled for 2 cores
     (8, 128, 16), (8, 64, 32), (8, 32, 64), (2, 512, 16), (8, 128, 4)]
 CUDA_SHAPES = [(32, 512, 64), (32, 128, 256), (32, 32, 1024), (32, 512, 8)]
+# area_downscale_loss: (R, output resolution, input resolution) of real PULSE jobs.
+CPU_LOSS_SHAPES = [(8, 64, 16), (32, 64, 16), (8, 256, 32), (2, 1024, 32)]
+CUDA_LOSS_SHAPES = [(64, 64, 16), (32, 256, 32), (32, 1024, 32), (64, 1024, 16)]
 
 
 def bench(fn_fused, fn_ref, device, *, backward_inputs, reps_seconds):
@@ -51,7 +54,10 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="fewer shapes and shorter timing (smoke run)")
     parser.add_argument("--seconds", type=float, default=0.5, help="minimum timing per measurement")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     shapes = CUDA_SHAPES if device.type == "cuda" else CPU_SHAPES
     if args.quick:
@@ -59,7 +65,6 @@ def main(argv=None):
     torch.manual_seed(0)
     rows = []
     for r, c, h in shapes:
-        esize = 4
         x = torch.randn(r, c, h, h, device=device, requires_grad=True)
         noise = torch.randn(r, 1, h, h, device=device, requires_grad=True)
         strength = torch.tensor(0.3, device=device, requires_grad=True)
@@ -74,19 +79,7 @@ def main(argv=None):
                          reps_seconds=args.seconds))
         # Minimal traffic: forward reads x (+ noise) and writes y; backward reads grad, y, x and writes grad_x.
         n_el = x.numel()
-        row["fused_fwdbwd_GBps"] = (2 * n_el + 4 * n_el) * esize / (row["fused_fwdbwd_ms"] * 1e-3) / 1e9
-        rows.append(row)
-
-        rgb = torch.rand(r, 3, h * 4 if device.type == "cuda" else h, h * 4 if device.type == "cuda" else h,
-                         device=device, requires_grad=True)
-        target = torch.rand(1, 3, rgb.shape[2] // 4, rgb.shape[3] // 4, device=device)
-
-        def adl(impl):
-            return lambda: ops.area_downscale_loss(rgb, target, impl=impl)
-
-        row = dict(op="area_downscale_loss", shape=f"{r}x3x{rgb.shape[2]}x{rgb.shape[3]}/4")
-        row.update(bench(adl("fused"), adl("reference"), device, backward_inputs=[rgb], reps_seconds=args.seconds))
-        row["fused_fwdbwd_GBps"] = 2 * rgb.numel() * esize / (row["fused_fwdbwd_ms"] * 1e-3) / 1e9
+        row["fused_fwdbwd_GBps"] = (2 * n_el + 4 * n_el) * 4 / (row["fused_fwdbwd_ms"] * 1e-3) / 1e9
         rows.append(row)
 
         weight = torch.randn(c, c, 3, 3, device=device)
@@ -104,7 +97,21 @@ def main(argv=None):
             row["fused_fwd_TFLOPs"] = flops / (row["fused_fwd_ms"] * 1e-3) / 1e12
             rows.append(row)
         print(*(f"{row['op']} {row['shape']}: fwd x{row['speedup_fwd']:.2f} fwd+bwd x{row['speedup_fwdbwd']:.2f}"
-                for row in rows[-4:]), sep="\n", flush=True)
+                for row in rows[-3:]), sep="\n", flush=True)
+    loss_shapes = CUDA_LOSS_SHAPES if device.type == "cuda" else CPU_LOSS_SHAPES
+    for r, res, lr in (loss_shapes[:2] if args.quick else loss_shapes):
+        rgb = torch.rand(r, 3, res, res, device=device, requires_grad=True)
+        target = torch.rand(1, 3, lr, lr, device=device)
+
+        def adl(impl):
+            return lambda: ops.area_downscale_loss(rgb, target, impl=impl)
+
+        row = dict(op="area_downscale_loss", shape=f"{r}x3x{res}x{res}->{lr}x{lr}")
+        row.update(bench(adl("fused"), adl("reference"), device, backward_inputs=[rgb], reps_seconds=args.seconds))
+        # Minimal traffic: forward reads img, backward writes d img.
+        row["fused_fwdbwd_GBps"] = 2 * rgb.numel() * 4 / (row["fused_fwdbwd_ms"] * 1e-3) / 1e9
+        rows.append(row)
+        print(f"{row['op']} {row['shape']}: fwd x{row['speedup_fwd']:.2f} fwd+bwd x{row['speedup_fwdbwd']:.2f}", flush=True)
     columns = ["op", "shape", "fused_fwd_ms", "reference_fwd_ms", "speedup_fwd", "fused_fwdbwd_ms",
                "reference_fwdbwd_ms", "speedup_fwdbwd", "fused_fwdbwd_GBps", "fused_fwd_TFLOPs"]
     notes = ("Speed-ups are reference time / fused time measured side by side in this run. GB/s counts the minimal "
