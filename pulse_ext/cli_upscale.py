@@ -91,7 +91,9 @@ def add_arguments(parser):
     from pulse_ext.pulse.search import NOISE_TYPES
 
     _one_line_error(parser)
-    parser.add_argument("inputs", nargs="+", metavar="IN", help="low-resolution face image(s), any format PIL reads")
+    parser.add_argument("inputs", nargs="+", metavar="IN",
+                        help="low-resolution face image(s), any format PIL reads, or folder(s) of them (a folder "
+                             "job: batched, with a manifest, resumable, sharded under torchrun; docs/jobs.md)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT",
                         help="output image file (one input, one output per input) or folder (created if missing)")
     parser.add_argument("--generator", default="default", metavar="PATH",
@@ -131,6 +133,16 @@ def add_arguments(parser):
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no 'wrote' lines "
                         "(warnings and errors are still printed)")
+    jobs = parser.add_argument_group("folder jobs and face alignment (docs/jobs.md)")
+    jobs.add_argument("--batch", type=_positive_int, default=4, metavar="B",
+                      help="folder jobs: same-size inputs searched together (default %(default)s)")
+    jobs.add_argument("--retry-errors", action="store_true",
+                      help="folder jobs: on resume, retry inputs the manifest records as failed")
+    jobs.add_argument("--align", action="store_true",
+                      help="detect and align every face of each (photo) input first, as 'pulse-ext align' (needs "
+                           "the align extra: pip install 'pulse_ext[align]'); runs as a folder job")
+    from pulse_ext.cli_align import add_alignment_arguments
+    add_alignment_arguments(jobs, size_default=None, size_option="--align-size")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -147,11 +159,17 @@ def read_image(path, channels=3):
     if os.path.isdir(path):
         raise UsageError(f"input is a folder, not an image: {path}")
     try:
-        with Image.open(path) as opened:
-            opened.load()
-            image = ImageOps.exif_transpose(opened)
-            if image is opened:
-                image = opened.copy()
+        with warnings.catch_warnings():
+            # PIL warns above MAX_IMAGE_PIXELS and raises above twice that: both are a refusal here.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                opened.load()
+                image = ImageOps.exif_transpose(opened)
+                if image is opened:
+                    image = opened.copy()
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise UsageError(f"cannot read {path}: more than {Image.MAX_IMAGE_PIXELS} pixels (PIL's decompression-bomb "
+                         f"limit, PIL.Image.MAX_IMAGE_PIXELS); shrink it first") from None
     except UnidentifiedImageError:
         raise UsageError(f"cannot read {path}: not an image format PIL knows") from None
     except (OSError, ValueError, SyntaxError) as exc:  # truncated / corrupt files, unreadable files
@@ -410,6 +428,10 @@ def run(args):
     from pulse_ext.cli import PROG, UsageError
     from pulse_ext.pulse.losses import parse_loss
     from pulse_ext.upscale import PulseConvergenceWarning, tensor_to_pil, upscale, valid_input_sizes
+
+    if getattr(args, "align", False) or any(os.path.isdir(path) for path in args.inputs):
+        from pulse_ext.jobs import run_job
+        return run_job(args)
 
     started = time.perf_counter()
 

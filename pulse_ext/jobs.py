@@ -1,0 +1,610 @@
+"""Folder jobs for ``pulse-ext upscale IN_DIR -o OUT_DIR``: many inputs, batched searches, a manifest
+that survives crashes, resume, and sharding across ``torchrun`` ranks.
+
+- Inputs: every file of IN_DIR with an image extension PIL knows (not recursive; hidden files skipped),
+  plus any files named directly. Each is known by its *name* (file name), which must be unique.
+- Seeds: input ``name`` gets ``image_seed(base_seed, name)`` (a hash), and its restarts
+  ``restart_seed(that, 0, r)`` — exactly what ``pulse-ext upscale FILE --seed <that>`` uses — so a result
+  depends neither on the order of inputs, nor on the batch it was searched in, nor on the sharding.
+- Batches: inputs of the same size are searched together, ``--batch`` at a time, as one
+  ``PULSE.search`` of [B, C, h, w]. On out-of-memory the batch is split (restarts first, then inputs)
+  and retried; on CUDA the batch is capped beforehand from the free memory and a measured per-row cost.
+- Outputs are written atomically (temporary file + rename). After an input's outputs are on disk, one
+  JSON line is appended to the manifest (flush + fsync): input, outputs, loss, l2, converged, seed,
+  time, error. A run that is killed and started again skips inputs the manifest records as done (with
+  their outputs present); a partially written last line is ignored and cut off before appending.
+  Unreadable inputs (or inputs with no face under ``--align``) are recorded with their error, skipped,
+  and not retried on resume unless ``--retry-errors``.
+- ``torchrun``: when WORLD_SIZE > 1, ranks init torch.distributed from the environment (nccl on CUDA,
+  gloo on CPU), each on device LOCAL_RANK, take every WORLD_SIZE-th input, append to their own
+  ``manifest.rank<R>.jsonl``, and after a barrier rank 0 merges all manifests into ``manifest.jsonl``
+  (one line per input, sorted by input; written atomically).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+MANIFEST = "manifest.jsonl"
+RANK_MANIFEST = "manifest.rank{rank}.jsonl"
+
+
+def _oom_types():
+    types = [torch.cuda.OutOfMemoryError]
+    if hasattr(torch, "OutOfMemoryError"):
+        types.append(torch.OutOfMemoryError)
+    return tuple(types)
+
+
+OOM_ERRORS = _oom_types()
+
+
+# --------------------------------------------------------------------------------------------------
+# seeds and inputs
+
+def image_seed(base_seed: int, name: str) -> int:
+    """A 63-bit seed for input ``name`` of a job with ``base_seed`` (independent of order and sharding)."""
+    digest = hashlib.sha256(f"{int(base_seed)}\0{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _image_suffixes():
+    from PIL import Image
+
+    return {suffix.lower() for suffix in Image.registered_extensions()}
+
+
+def list_inputs(inputs: Sequence[str]) -> List[tuple]:
+    """[(name, path)] for the files of folders (sorted, non-recursive, image extensions, no hidden files)
+    and files named directly; raises UsageError on a missing path or a repeated name or stem."""
+    from pulse_ext.cli import UsageError
+
+    suffixes = _image_suffixes()
+    found = []
+    for given in inputs:
+        path = Path(given)
+        if path.is_dir():
+            for child in sorted(path.iterdir()):
+                if child.name.startswith(".") or not child.is_file() or child.suffix.lower() not in suffixes:
+                    continue
+                found.append((child.name, str(child)))
+        elif path.exists():
+            found.append((path.name, str(path)))
+        else:
+            raise UsageError(f"input not found: {given}")
+    names, stems = {}, {}
+    for name, path in found:
+        if name in names:
+            raise UsageError(f"two inputs are named {name!r} ({names[name]}, {path}); rename one")
+        stem = Path(name).stem
+        if stem in stems:
+            raise UsageError(f"inputs {stems[stem]} and {path} share the name {stem!r} (outputs would collide); "
+                             f"rename one")
+        names[name], stems[stem] = path, path
+    return found
+
+
+# --------------------------------------------------------------------------------------------------
+# manifest
+
+def read_records(path) -> List[dict]:
+    """The JSON records of one manifest file; unparsable lines (a partial last line after a crash) skipped."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in data.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("input"), str):
+            records.append(record)
+    return records
+
+
+def manifest_files(folder) -> List[Path]:
+    folder = Path(folder)
+    return [folder / MANIFEST] + sorted(folder.glob("manifest.rank*.jsonl"))
+
+
+def read_manifests(folder) -> Dict[str, dict]:
+    """input name -> its record, over ``manifest.jsonl`` and every per-rank manifest: a successful record
+    wins over an error, a later one over an earlier one."""
+    merged = {}
+    for path in manifest_files(folder):
+        for record in read_records(path):
+            old = merged.get(record["input"])
+            if old is None or record.get("error") is None or old.get("error") is not None:
+                merged[record["input"]] = record
+    return merged
+
+
+def is_done(record, folder) -> bool:
+    return (record.get("error") is None and bool(record.get("outputs"))
+            and all((Path(folder) / out).is_file() for out in record["outputs"]))
+
+
+class ManifestWriter:
+    """Appends one JSON line per record to a manifest, each followed by flush + fsync.
+
+    Opening cuts off a partial last line (a crash mid-write), so the next record starts on its own line.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        if self.path.exists():
+            data = self.path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                with open(self.path, "r+b") as f:
+                    f.truncate(data.rfind(b"\n") + 1)
+                    f.flush()
+                    os.fsync(f.fileno())
+        self.file = open(self.path, "ab")
+
+    def append(self, record: dict):
+        self.file.write((json.dumps(record, sort_keys=True) + "\n").encode())
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self):
+        self.file.close()
+
+
+def merge_manifests(folder) -> int:
+    """Rewrite ``manifest.jsonl`` atomically with one record per input (sorted), from it and every per-rank
+    manifest, then remove the per-rank files. Returns the number of records."""
+    from pulse_ext.cli_upscale import atomic_write
+
+    folder = Path(folder)
+    records = read_manifests(folder)
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            for name in sorted(records):
+                f.write(json.dumps(records[name], sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    atomic_write(folder / MANIFEST, write)
+    for path in manifest_files(folder)[1:]:
+        path.unlink()
+    return len(records)
+
+
+# --------------------------------------------------------------------------------------------------
+# searching with out-of-memory splitting
+
+def merge_results(parts, dim):
+    """Concatenate ``SearchResult``s split along inputs (dim 0) or restarts (dim 1)."""
+    from pulse_ext.pulse.search import SearchResult
+
+    cat = {key: torch.cat([getattr(p, key) for p in parts], dim)
+           for key in ("images", "latents", "l2", "l1", "loss", "converged", "converged_step")}
+    if dim == 0:
+        seeds = [row for p in parts for row in p.seeds]
+    else:
+        seeds = [sum((p.seeds[b] for p in parts), []) for b in range(len(parts[0].seeds))]
+    seconds = sum(p.seconds for p in parts)
+    steps_run = max(p.steps_run for p in parts)
+    return SearchResult(**cat, seeds=seeds, steps_run=steps_run, seconds=seconds,
+                        stats_seconds=sum(p.stats_seconds for p in parts),
+                        timings={"search_s": seconds, "seconds_per_step": seconds / max(steps_run, 1),
+                                 "splits": len(parts)})
+
+
+def search_split(search: Callable, targets: torch.Tensor, seeds: List[List[int]], max_rows: Optional[int] = None,
+                 on_split: Optional[Callable[[str], None]] = None):
+    """``search(targets [B, C, h, w], seeds [B][R])`` with batches of at most ``max_rows`` = B * R rows, and
+    on out-of-memory halved (restarts first, then inputs) and retried; the parts are merged back.
+
+    Valid because a restart's trajectory depends only on its seed (not on what else is in the batch).
+    """
+    num_inputs, num_restarts = len(seeds), len(seeds[0])
+    try:
+        if max_rows is not None and num_inputs * num_restarts > max_rows and num_inputs * num_restarts > 1:
+            raise _Split(f"{num_inputs}x{num_restarts} rows > cap {max_rows}")
+        return search(targets, seeds)
+    except (_Split,) + OOM_ERRORS as exc:
+        if num_inputs * num_restarts == 1:
+            raise
+        if not isinstance(exc, _Split):
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            reason = "out of memory"
+        else:
+            reason = str(exc)
+        if num_restarts > 1:
+            half = num_restarts // 2
+            parts = [[row[:half] for row in seeds], [row[half:] for row in seeds]]
+            if on_split:
+                on_split(f"{reason}: splitting {num_restarts} restarts into {half} + {num_restarts - half}")
+            return merge_results([search_split(search, targets, part, max_rows, on_split) for part in parts], 1)
+        half = num_inputs // 2
+        if on_split:
+            on_split(f"{reason}: splitting {num_inputs} inputs into {half} + {num_inputs - half}")
+        return merge_results([search_split(search, targets[:half], seeds[:half], max_rows, on_split),
+                              search_split(search, targets[half:], seeds[half:], max_rows, on_split)], 0)
+
+
+class _Split(Exception):
+    pass
+
+
+def probe_row_bytes(searcher, shape, device) -> Optional[int]:
+    """CUDA bytes one search row (one restart of one input) needs: the peak memory of 2-step searches with 1
+    and 3 rows, differenced (so the generator's weights and fixed buffers cancel). None off CUDA."""
+    from pulse_ext.pulse.search import PULSE
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    probe = PULSE(searcher.generator, loss=searcher.loss, eps=0.0, steps=2, noise_type=searcher.noise_type,
+                  downscale=searcher.downscale, tile_latent=searcher.tile_latent, latent_stats=searcher.latent_stats(),
+                  drop_converged=False)
+    target = torch.full((1, *shape), 0.5, device=device)
+    peaks = []
+    for rows in (1, 3):
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        probe.search(target, seeds=[list(range(rows))])
+        torch.cuda.synchronize(device)
+        peaks.append(torch.cuda.max_memory_allocated(device) - base)
+    return max(int((peaks[1] - peaks[0]) / 2), 1)
+
+
+def rows_that_fit(row_bytes: Optional[int], device, fraction: float = 0.8) -> Optional[int]:
+    """How many search rows fit in ``fraction`` of the device's free memory (None: no cap)."""
+    if row_bytes is None or torch.device(device).type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    return max(int(free * fraction // row_bytes), 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# distributed
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    started_here: bool = False
+
+    def barrier(self):
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def broadcast(self, value):
+        if self.world == 1:
+            return value
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def close(self):
+        if self.started_here and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def init_distributed(device_type: str) -> Dist:
+    """From torchrun's environment: init the default process group when WORLD_SIZE > 1 (nccl for CUDA,
+    gloo otherwise); rank 0 of 1 without it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    import torch.distributed as dist
+
+    started = False
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        started = True
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size(),
+                local_rank=int(os.environ.get("LOCAL_RANK", "0")), started_here=started)
+
+
+# --------------------------------------------------------------------------------------------------
+# the job
+
+@dataclass
+class _Item:
+    name: str
+    path: str
+    tensors: List[torch.Tensor] = field(default_factory=list)  # one [C, h, w] per face (one without --align)
+    seeds: List[int] = field(default_factory=list)
+    stems: List[str] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+    started: float = 0.0
+
+
+def _output_names(stem, num_outputs, ext=".png"):
+    return [f"{stem}{ext}"] if num_outputs == 1 else [f"{stem}_{k}{ext}" for k in range(1, num_outputs + 1)]
+
+
+def _select(result, b, k):
+    """``k`` restart indices of input ``b``: ranked (converged first, by loss), distinct uint8 images first."""
+    order = result.ranking(b)
+    as_bytes = (result.images[b].detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    chosen, duplicates, seen = [], [], []
+    for r in order:
+        if any(torch.equal(as_bytes[r], other) for other in seen):
+            duplicates.append(r)
+            continue
+        chosen.append(r)
+        seen.append(as_bytes[r])
+    return (chosen + duplicates)[:k]
+
+
+def _resolve_job_device(text, local_rank):
+    from pulse_ext.cli_upscale import _resolve_device
+
+    if text is None and torch.cuda.is_available():
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    device = _resolve_device(text)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    return device
+
+
+def run_job(args) -> int:
+    """``pulse-ext upscale`` on folders (or with ``--align``): see the module docstring."""
+    from pulse_ext.cli import UsageError
+    from pulse_ext.cli_upscale import _probe_writable, _resolve_device
+    from pulse_ext.pulse.losses import parse_loss
+
+    started = time.perf_counter()
+    for flag, name in ((args.save_all, "--save-all"), (args.save_intermediate, "--save-intermediate")):
+        if flag:
+            raise UsageError(f"{name} is not supported for folder jobs (or --align); run single files for it")
+    if args.num_outputs > args.restarts:
+        raise UsageError(f"--num-outputs {args.num_outputs} is more than --restarts {args.restarts}")
+    try:
+        parse_loss(args.loss)
+    except ValueError as exc:
+        raise UsageError(f"--loss: {exc}") from None
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"-o {out}: folder jobs write to a folder, and {out} is a file")
+    if out.suffix.lower() in _image_suffixes() and not out.exists():
+        raise UsageError(f"-o {out}: folder jobs (a folder input or --align) write to a folder; give a name "
+                         f"without an image extension")
+    inputs = list_inputs(args.inputs)
+    if not inputs:
+        raise UsageError(f"no image files in {', '.join(args.inputs)}")
+    aligner = None
+    if args.align:
+        from pulse_ext.align import AlignError, FaceAligner
+        try:
+            aligner = FaceAligner(args.landmarks, min_score=args.min_score)
+        except AlignError as exc:
+            raise UsageError(str(exc)) from None
+
+    # Outputs must be writable before any search starts.
+    ancestor = out.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"cannot create output folder {out}: {ancestor} is a file, not a folder")
+    _probe_writable(out if out.is_dir() else ancestor, f"output folder {out}")
+    resuming = (out / MANIFEST).exists() or bool(manifest_files(out)[1:]) if out.is_dir() else False
+    if out.is_dir() and not resuming and not args.overwrite:
+        for name, _ in inputs:
+            stem = Path(name).stem
+            clash = [p for p in out.iterdir() if p.name.startswith(stem) and p.suffix == ".png"
+                     and (p.stem == stem or p.stem.startswith(stem + "_"))]
+            if clash:
+                raise UsageError(f"{clash[0]} exists and {out} has no {MANIFEST} to resume from "
+                                 f"(pass --overwrite to replace it)")
+
+    if args.device is None and torch.cuda.is_available():
+        device_type = "cuda"
+    else:
+        device_type = _resolve_device(args.device).type
+    dist = init_distributed(device_type)
+    try:
+        return _run_ranked(args, out, inputs, aligner, dist, started)
+    finally:
+        dist.close()
+
+
+def _run_ranked(args, out, inputs, aligner, dist, started):
+    from pulse_ext.checkpoints import load_generator
+    from pulse_ext.cli import PROG, UsageError
+    from pulse_ext.cli_upscale import fit_size, make_output_folder, read_image, save_image
+    from pulse_ext.pulse.latent import restart_seed
+    from pulse_ext.pulse.search import PULSE
+    from pulse_ext.upscale import image_to_tensor, tensor_to_pil, valid_input_sizes
+
+    prefix = f"[rank {dist.rank}] " if dist.world > 1 else ""
+
+    def say(text):
+        if not args.quiet:
+            print(prefix + text, file=sys.stderr)
+
+    def warn(text):
+        print(f"{PROG}: warning: {prefix}{text}", file=sys.stderr)
+
+    device = _resolve_job_device(args.device, dist.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if dist.rank == 0:
+        make_output_folder(out)
+    dist.barrier()
+    records = read_manifests(out) if out.is_dir() else {}
+
+    base_seed = args.seed
+    if base_seed is None:
+        recorded = [r["base_seed"] for r in records.values() if isinstance(r.get("base_seed"), int)]
+        base_seed = recorded[-1] if recorded else secrets.randbits(63)
+        base_seed = dist.broadcast(base_seed)
+    elif any(r.get("base_seed") not in (None, base_seed) for r in records.values()):
+        warn(f"--seed {base_seed} differs from the seed of inputs already done in {out} (they are kept)")
+
+    G = load_generator(args.generator, device=device)
+    resolution, channels = G.img_resolution, G.img_channels
+    align_size = getattr(args, "align_size", None) or max(resolution // 4, 1)
+    if aligner is not None and resolution % align_size:
+        raise UsageError(f"--align-size {align_size} does not divide the generator resolution {resolution} "
+                         f"(valid: {', '.join(map(str, valid_input_sizes(resolution)))})")
+    options = dict(learning_rate=args.lr, optimizer=args.optimizer, lr_schedule=args.lr_schedule,
+                   noise_type=args.noise_type, downscale=args.downscale)
+    try:
+        searcher = PULSE(G, loss=args.loss, eps=args.eps, steps=args.steps, **options)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+    mine = [(i, name, path) for i, (name, path) in enumerate(inputs) if i % dist.world == dist.rank]
+    skipped = 0
+    todo = []
+    for _, name, path in mine:
+        record = records.get(name)
+        if record is not None and (is_done(record, out) or (record.get("error") is not None
+                                                            and not args.retry_errors)):
+            skipped += 1
+            continue
+        todo.append((name, path))
+    manifest_path = out / (MANIFEST if dist.world == 1 else RANK_MANIFEST.format(rank=dist.rank))
+    writer = ManifestWriter(manifest_path)
+    say(f"{len(inputs)} input(s); this process: {len(mine)}, {skipped} already done, {len(todo)} to do; "
+        f"base seed {base_seed}; device {device}")
+
+    common = {"base_seed": int(base_seed), "restarts": args.restarts, "steps": args.steps, "rank": dist.rank}
+    errors, unconverged = [], []
+
+    def fail(name, path, message, t0):
+        errors.append(name)
+        warn(message if str(path) in message else f"{path}: {message}")
+        writer.append({"input": name, "path": str(path), "outputs": [], "loss": None, "l2": None,
+                       "converged": None, "seed": None, "time": time.perf_counter() - t0, "error": message,
+                       **common})
+
+    row_bytes = None
+    max_rows = None
+
+    def load(name, path):
+        t0 = time.perf_counter()
+        try:
+            image = read_image(path)
+        except UsageError as exc:
+            fail(name, path, str(exc), t0)
+            return None
+        if channels != 3:
+            image = image.convert("L")
+        stem = Path(name).stem
+        item = _Item(name=name, path=path, started=t0)
+        if aligner is not None:
+            from pulse_ext.align import NoFaceError, face_names
+            try:
+                faces = aligner.align(image, align_size, framing=args.framing)
+            except NoFaceError as exc:
+                fail(name, path, str(exc), t0)
+                return None
+            for i, (face, face_stem) in enumerate(zip(faces, face_names(stem, len(faces)))):
+                low = face.low.convert("L") if channels != 3 else face.low
+                item.tensors.append(image_to_tensor(low, channels)[0])
+                item.seeds.append(image_seed(base_seed, f"{name}#face{i}"))
+                item.stems.append(face_stem)
+            item.info = {"faces": len(faces), "framing": args.framing,
+                         "quads": [face.quad.round(2).tolist() for face in faces]}
+            return item
+        w, h = image.size
+        if resolution % w or resolution % h:
+            if not args.resize:
+                fail(name, path, f"{w}x{h} does not fit the {resolution}x{resolution} generator (sizes must divide "
+                                 f"{resolution}; pass --resize)", t0)
+                return None
+            image = fit_size(image, resolution)
+        item.tensors.append(image_to_tensor(image, channels)[0])
+        item.seeds.append(image_seed(base_seed, name))
+        item.stems.append(stem)
+        item.info = {"size": list(image.size), "input_size": [w, h]}
+        return item
+
+    def search_batch(batch):
+        nonlocal row_bytes, max_rows
+        targets = torch.stack([t for item in batch for t in item.tensors])
+        seeds = [[restart_seed(s, 0, r) for r in range(args.restarts)] for item in batch for s in item.seeds]
+        if device.type == "cuda" and row_bytes is None:
+            row_bytes = probe_row_bytes(searcher, tuple(targets.shape[1:]), device)
+            max_rows = rows_that_fit(row_bytes, device)
+            say(f"about {row_bytes / 2 ** 20:.1f} MiB per restart: at most {max_rows} restarts per batch")
+        t0 = time.perf_counter()
+        result = search_split(lambda x, s: searcher.search(x, seeds=s), targets, seeds, max_rows,
+                              on_split=lambda text: say(text))
+        search_seconds = time.perf_counter() - t0
+        index = 0
+        for item in batch:
+            outputs, faces = [], []
+            for face_index, (stem, seed) in enumerate(zip(item.stems, item.seeds)):
+                b = index + face_index
+                picked = _select(result, b, args.num_outputs)
+                names = _output_names(stem, args.num_outputs)
+                for r, out_name in zip(picked, names):
+                    save_image(tensor_to_pil(result.images[b, r].detach().float().clamp(0, 1).cpu()), out / out_name)
+                outputs.extend(names)
+                best = picked[0]
+                faces.append({"outputs": names, "seed": seed, "loss": float(result.loss[b, best]),
+                              "l2": float(result.l2[b, best]), "converged": bool(result.converged[b].any()),
+                              "num_converged": int(result.converged[b].sum()), "restart": best,
+                              "losses": [float(result.loss[b, r]) for r in picked],
+                              "l2s": [float(result.l2[b, r]) for r in picked]})
+            index += len(item.stems)
+            share = search_seconds * len(item.stems) / max(targets.shape[0], 1)
+            record = {"input": item.name, "path": str(item.path), "outputs": outputs,
+                      "loss": faces[0]["loss"] if len(faces) == 1 else [f["loss"] for f in faces],
+                      "l2": faces[0]["l2"] if len(faces) == 1 else [f["l2"] for f in faces],
+                      "converged": all(f["converged"] for f in faces),
+                      "seed": faces[0]["seed"] if len(faces) == 1 else [f["seed"] for f in faces],
+                      "time": share + (t0 - item.started if item.started else 0.0), "search_s": share,
+                      "error": None, **item.info, **common}
+            if aligner is not None:
+                record["faces_detail"] = faces
+            writer.append(record)
+            if not record["converged"]:
+                unconverged.append(item.name)
+                warn(f"{item.path}: no restart met eps={args.eps} (best L2 "
+                     f"{min(f['l2'] for f in faces):.3g}); the best was written")
+            l2_text = ", ".join(f"{f['l2']:.3g}" for f in faces)
+            say(f"wrote {', '.join(outputs)} (L2 {l2_text}, {share:.1f}s)")
+
+    try:
+        groups: Dict[tuple, List[_Item]] = {}
+        for name, path in todo:
+            item = load(name, path)
+            if item is None:
+                continue
+            key = tuple(item.tensors[0].shape)
+            groups.setdefault(key, []).append(item)
+            if sum(len(i.tensors) for i in groups[key]) >= args.batch:
+                search_batch(groups.pop(key))
+        for key in list(groups):
+            search_batch(groups.pop(key))
+    except ValueError as exc:  # an option the search refuses
+        raise UsageError(str(exc)) from None
+    finally:
+        writer.close()
+
+    dist.barrier()
+    if dist.rank == 0:
+        count = merge_manifests(out)
+        say(f"done: {count} record(s) in {out / MANIFEST}, {time.perf_counter() - started:.1f}s")
+    if errors:
+        return 1
+    if args.strict and unconverged:
+        print(f"{PROG}: error: --strict: no restart met eps={args.eps} for {', '.join(unconverged)} "
+              f"(the best results were written)", file=sys.stderr)
+        return 1
+    return 0
