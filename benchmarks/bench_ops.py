@@ -65,6 +65,7 @@ def main(argv=None):
     torch.manual_seed(0)
     rows = []
     for r, c, h in shapes:
+        first = len(rows)
         x = torch.randn(r, c, h, h, device=device, requires_grad=True)
         noise = torch.randn(r, 1, h, h, device=device, requires_grad=True)
         strength = torch.tensor(0.3, device=device, requires_grad=True)
@@ -90,14 +91,21 @@ def main(argv=None):
             def mc(impl):
                 return lambda: ops.modulated_conv2d(xin, weight, styles, up=up, impl=impl)
 
-            row = dict(op=f"modulated_conv2d up={up}", shape=f"{r}x{c}x{xin.shape[2]}->{c}x{h}")
-            row.update(bench(mc("fused"), mc("reference"), device, backward_inputs=[xin, styles],
-                             reps_seconds=args.seconds))
-            flops = 2 * r * c * c * 9 * xin.shape[2] * xin.shape[3]  # at the input resolution, as NVIDIA runs it
-            row["fused_fwd_TFLOPs"] = flops / (row["fused_fwd_ms"] * 1e-3) / 1e12
-            rows.append(row)
+            # On CUDA the stride-1 case runs twice: cuDNN (default) and the implicit-GEMM kernel.
+            backends = ["cudnn", "igemm"] if device.type == "cuda" and up == 1 else [None]
+            for backend in backends:
+                if backend:
+                    os.environ["PULSE_EXT_CUDA_CONV"] = backend
+                name = f"modulated_conv2d up={up}" + (f" [{backend}]" if backend else "")
+                row = dict(op=name, shape=f"{r}x{c}x{xin.shape[2]}->{c}x{h}")
+                row.update(bench(mc("fused"), mc("reference"), device, backward_inputs=[xin, styles],
+                                 reps_seconds=args.seconds))
+                flops = 2 * r * c * c * 9 * xin.shape[2] * xin.shape[3]  # at the input resolution, as NVIDIA runs it
+                row["fused_fwd_TFLOPs"] = flops / (row["fused_fwd_ms"] * 1e-3) / 1e12
+                rows.append(row)
+            os.environ.pop("PULSE_EXT_CUDA_CONV", None)
         print(*(f"{row['op']} {row['shape']}: fwd x{row['speedup_fwd']:.2f} fwd+bwd x{row['speedup_fwdbwd']:.2f}"
-                for row in rows[-3:]), sep="\n", flush=True)
+                for row in rows[first:]), sep="\n", flush=True)
     loss_shapes = CUDA_LOSS_SHAPES if device.type == "cuda" else CPU_LOSS_SHAPES
     for r, res, lr in (loss_shapes[:2] if args.quick else loss_shapes):
         rgb = torch.rand(r, 3, res, res, device=device, requires_grad=True)

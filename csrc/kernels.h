@@ -40,6 +40,18 @@ struct AreaDownscaleArgs {
   int64_t N, C, H, W, h, w, target_batch;
 };
 
+// modulated convolution (stride 1): x [N, Cin, H, W], weight [Cout, Cin, k, k] contiguous, styles
+// [N, Cin], demod [N, Cout] or nullptr; output [N, Cout, Ho, Wo].
+template <typename T>
+struct ModConvArgs {
+  const T* x;
+  const T* weight;
+  const T* styles;
+  const T* demod;
+  int64_t N;
+  int Cin, H, W, Cout, k, pad, Ho, Wo;
+};
+
 namespace cpu {
 template <typename T> void noise_bias_act_forward(const NoiseBiasActArgs<T>& a, T* y);
 template <typename T> void noise_bias_act_backward(const NoiseBiasActArgs<T>& a, const T* grad, const T* y,
@@ -84,6 +96,8 @@ template <typename T> void fir_upsample_forward(const T* in, const T* scale, T* 
                                                 int64_t wi, cudaStream_t stream);
 template <typename T> void fir_upsample_backward(const T* grad_out, T* grad_in, int64_t planes, int64_t hi, int64_t wi,
                                                  cudaStream_t stream);
+// The direct implicit-GEMM modulated convolution (stride 1), styles and demod fused.
+template <typename T> void modulated_conv2d_igemm(const ModConvArgs<T>& a, T* y, cudaStream_t stream);
 }  // namespace cuda
 #endif
 

@@ -6,6 +6,9 @@
 // (fused into the FIR pass for up=2). The backward never forms a weight gradient.
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <string>
+
 #include "backend.h"
 
 namespace pulse_ext {
@@ -36,6 +39,16 @@ void check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   check_like(demod, x, kOp, "demod");
 }
 
+// Which convolution runs a stride-1 modulated convolution on CUDA: cuDNN on the style-scaled input
+// ("cudnn", the default), or the direct implicit-GEMM kernel with styles and demodulation fused
+// ("igemm"). An environment variable so benchmarks and tests can compare them without an API change.
+bool use_cuda_igemm() {
+  const char* value = std::getenv("PULSE_EXT_CUDA_CONV");
+  if (value == nullptr || *value == '\0' || std::string(value) == "cudnn") return false;
+  TORCH_CHECK(std::string(value) == "igemm", "PULSE_EXT_CUDA_CONV must be 'cudnn' or 'igemm', got '", value, "'");
+  return true;
+}
+
 // out[n, c] = x[n, c] * scale[n, c] over each plane (out may alias x).
 void scale_channels(const at::Tensor& x, const at::Tensor& scale, at::Tensor& out) {
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "scale_channels", [&] {
@@ -50,6 +63,22 @@ at::Tensor modulated_conv2d(const at::Tensor& x, const at::Tensor& weight, const
   check_inputs(x, weight, styles, demod, up, padding);
   const at::Tensor x_c = x.contiguous(), styles_c = styles.contiguous();
   const auto demod_c = contiguous_or_none(demod);
+#ifdef PULSE_EXT_WITH_CUDA
+  if (up == 1 && x.is_cuda() && use_cuda_igemm()) {
+    const at::Tensor weight_c = weight.contiguous();
+    const int64_t k = weight.size(2), ho = x.size(2) + 2 * padding - k + 1, wo = x.size(3) + 2 * padding - k + 1;
+    at::Tensor y = at::empty({x.size(0), weight.size(0), ho, wo}, x.options());
+    if (y.numel() == 0) return y;
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "modulated_conv2d_igemm", [&] {
+      ModConvArgs<scalar_t> args{x_c.const_data_ptr<scalar_t>(), weight_c.const_data_ptr<scalar_t>(),
+                                 styles_c.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(demod_c), x.size(0),
+                                 int(x.size(1)), int(x.size(2)), int(x.size(3)), int(weight.size(0)), int(k),
+                                 int(padding), int(ho), int(wo)};
+      PULSE_CALL_CUDA(x, modulated_conv2d_igemm<scalar_t>, args, y.data_ptr<scalar_t>());
+    });
+    return y;
+  }
+#endif
   at::Tensor xs = at::empty_like(x_c);
   if (x.numel() > 0) scale_channels(x_c, styles_c, xs);
   if (up == 1) {

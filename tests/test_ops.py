@@ -8,7 +8,7 @@ import torch
 from pulse_ext import _extension, ops
 from pulse_ext.ops import reference
 
-from conftest import DEVICES, requires_extension
+from conftest import CUDA_SKIP_REASON, DEVICES, requires_extension
 
 pytestmark = requires_extension
 
@@ -191,6 +191,34 @@ def test_modulated_conv2d_matches_reference(device, case, contiguous):
     y_f.backward(grad)
     y_r.backward(grad)
     assert_grads_close([x_f, s_f], [x_r, s_r], dict(rtol=1e-4, atol=1e-3))
+
+
+@pytest.mark.skipif(CUDA_SKIP_REASON is not None, reason=CUDA_SKIP_REASON or "")
+@pytest.mark.parametrize("case", [c for c in MODCONV_CASES if c[5] == 1],
+                         ids=lambda c: f"n{c[0]}-{c[1]}to{c[2]}-{c[3]}px-k{c[4]}-d{int(c[6])}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_modulated_conv2d_cuda_implicit_gemm_matches_reference(monkeypatch, case, dtype):
+    """The direct implicit-GEMM CUDA kernel (PULSE_EXT_CUDA_CONV=igemm) against the reference."""
+    n, cin, cout, h, k, up, demodulate = case
+    x, weight, styles = make_modconv_inputs(n, cin, cout, h, k, "cuda", dtype)
+    (x_f, s_f), (x_r, s_r) = leaves(x, styles), leaves(x, styles)
+    monkeypatch.setenv("PULSE_EXT_CUDA_CONV", "igemm")
+    y_f = ops.modulated_conv2d(x_f, weight, s_f, demodulate=demodulate, impl="fused")
+    monkeypatch.setenv("PULSE_EXT_CUDA_CONV", "cudnn")
+    y_r = ops.modulated_conv2d(x_r, weight, s_r, demodulate=demodulate, impl="reference")
+    torch.testing.assert_close(y_f, y_r, **CONV_TOL)
+    grad = torch.randn_like(y_r)
+    y_f.backward(grad)
+    y_r.backward(grad)
+    assert_grads_close([x_f, s_f], [x_r, s_r], dict(rtol=1e-4, atol=1e-3))
+
+
+@pytest.mark.skipif(CUDA_SKIP_REASON is not None, reason=CUDA_SKIP_REASON or "")
+def test_unknown_cuda_conv_backend_is_reported(monkeypatch):
+    x, weight, styles = make_modconv_inputs(2, 3, 4, 5, 3, "cuda")
+    monkeypatch.setenv("PULSE_EXT_CUDA_CONV", "fastest")
+    with pytest.raises(RuntimeError, match="PULSE_EXT_CUDA_CONV must be 'cudnn' or 'igemm', got 'fastest'"):
+        ops.modulated_conv2d(x, weight, styles, impl="fused")
 
 
 def test_modulated_conv2d_weight_grad_goes_through_reference():
