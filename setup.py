@@ -55,7 +55,11 @@ setup(
     package_data={"pulse_ext": ["weights/*.safetensors", "weights/*.md", "weights/*.json"]},
     python_requires=">=3.9",
     install_requires=["torch>=2.4", "numpy", "pillow", "safetensors", "tqdm"],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        "test": ["pytest"],
+        # face alignment (pulse-ext align, upscale --align): dlib and its 68-point landmark model
+        "align": ["dlib-bin==20.0.1.post1", "face-recognition-models==0.3.0"],
+    },
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension},
     entry_points={"console_scripts": ["pulse-ext=pulse_ext.cli:main"]},
