@@ -379,6 +379,19 @@ def save_json(data, path):
 # --------------------------------------------------------------------------------------------------
 # the command
 
+def check_search_options(args) -> None:
+    """UsageError for search options that cannot work together (shared by single files and folder jobs)."""
+    from pulse_ext.cli import UsageError
+    from pulse_ext.pulse.losses import parse_loss
+
+    if args.num_outputs > args.restarts:
+        raise UsageError(f"--num-outputs {args.num_outputs} is more than --restarts {args.restarts}")
+    try:
+        parse_loss(args.loss)
+    except ValueError as exc:
+        raise UsageError(f"--loss: {exc}") from None
+
+
 def _resolve_device(text):
     import torch
 
@@ -426,7 +439,6 @@ def run(args):
     from pulse_ext import __version__
     from pulse_ext.checkpoints import load_generator
     from pulse_ext.cli import PROG, UsageError
-    from pulse_ext.pulse.losses import parse_loss
     from pulse_ext.upscale import PulseConvergenceWarning, tensor_to_pil, upscale, valid_input_sizes
 
     if getattr(args, "align", False) or any(os.path.isdir(path) for path in args.inputs):
@@ -443,12 +455,7 @@ def run(args):
         print(f"{PROG}: warning: {text}", file=sys.stderr)
 
     # 1. options and inputs, before anything slow.
-    if args.num_outputs > args.restarts:
-        raise UsageError(f"--num-outputs {args.num_outputs} is more than --restarts {args.restarts}")
-    try:
-        parse_loss(args.loss)
-    except ValueError as exc:
-        raise UsageError(f"--loss: {exc}") from None
+    check_search_options(args)
     device = _resolve_device(args.device)
     images = [read_image(path) for path in args.inputs]
 

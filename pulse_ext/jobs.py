@@ -334,20 +334,6 @@ def _output_names(stem, num_outputs, ext=".png"):
     return [f"{stem}{ext}"] if num_outputs == 1 else [f"{stem}_{k}{ext}" for k in range(1, num_outputs + 1)]
 
 
-def _select(result, b, k):
-    """``k`` restart indices of input ``b``: ranked (converged first, by loss), distinct uint8 images first."""
-    order = result.ranking(b)
-    as_bytes = (result.images[b].detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-    chosen, duplicates, seen = [], [], []
-    for r in order:
-        if any(torch.equal(as_bytes[r], other) for other in seen):
-            duplicates.append(r)
-            continue
-        chosen.append(r)
-        seen.append(as_bytes[r])
-    return (chosen + duplicates)[:k]
-
-
 def _resolve_job_device(text, local_rank):
     from pulse_ext.cli_upscale import _resolve_device
 
@@ -362,19 +348,13 @@ def _resolve_job_device(text, local_rank):
 def run_job(args) -> int:
     """``pulse-ext upscale`` on folders (or with ``--align``): see the module docstring."""
     from pulse_ext.cli import UsageError
-    from pulse_ext.cli_upscale import _probe_writable, _resolve_device
-    from pulse_ext.pulse.losses import parse_loss
+    from pulse_ext.cli_upscale import _probe_writable, _resolve_device, check_search_options
 
     started = time.perf_counter()
     for flag, name in ((args.save_all, "--save-all"), (args.save_intermediate, "--save-intermediate")):
         if flag:
             raise UsageError(f"{name} is not supported for folder jobs (or --align); run single files for it")
-    if args.num_outputs > args.restarts:
-        raise UsageError(f"--num-outputs {args.num_outputs} is more than --restarts {args.restarts}")
-    try:
-        parse_loss(args.loss)
-    except ValueError as exc:
-        raise UsageError(f"--loss: {exc}") from None
+    check_search_options(args)
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise UsageError(f"-o {out}: folder jobs write to a folder, and {out} is a file")
@@ -426,7 +406,7 @@ def _run_ranked(args, out, inputs, aligner, dist, started):
     from pulse_ext.cli_upscale import fit_size, make_output_folder, read_image, save_image
     from pulse_ext.pulse.latent import restart_seed
     from pulse_ext.pulse.search import PULSE
-    from pulse_ext.upscale import image_to_tensor, tensor_to_pil, valid_input_sizes
+    from pulse_ext.upscale import image_to_tensor, select_candidates, tensor_to_pil, valid_input_sizes
 
     prefix = f"[rank {dist.rank}] " if dist.world > 1 else ""
 
@@ -550,7 +530,7 @@ def _run_ranked(args, out, inputs, aligner, dist, started):
             outputs, faces = [], []
             for face_index, (stem, seed) in enumerate(zip(item.stems, item.seeds)):
                 b = index + face_index
-                picked = _select(result, b, args.num_outputs)
+                picked = select_candidates(result, args.num_outputs, b)
                 names = _output_names(stem, args.num_outputs)
                 for r, out_name in zip(picked, names):
                     save_image(tensor_to_pil(result.images[b, r].detach().float().clamp(0, 1).cpu()), out / out_name)

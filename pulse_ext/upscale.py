@@ -157,10 +157,11 @@ def _resolve_generator(generator, device):
     return generator
 
 
-def _select(result: SearchResult, num_outputs: int) -> List[int]:
-    """``num_outputs`` restart indices of input 0: ranked, skipping images identical (as uint8) to a chosen one."""
-    order = result.ranking(0)
-    as_bytes = (result.images[0].detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+def select_candidates(result: SearchResult, num_outputs: int, input_index: int = 0) -> List[int]:
+    """``num_outputs`` restart indices of one input: ranked (converged first, then by loss), images
+    identical (as uint8) to an already chosen one last."""
+    order = result.ranking(input_index)
+    as_bytes = (result.images[input_index].detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
     chosen, duplicates, seen = [], [], []
     for r in order:
         if any(torch.equal(as_bytes[r], other) for other in seen):
@@ -218,7 +219,7 @@ def upscale(image, *, generator=None, restarts: int = 8, steps: int = 100, num_o
     result = searcher.search(x, restarts=restarts, seed=int(seed), progress=progress, callback=callback,
                              callback_every=callback_every)
 
-    picked = _select(result, int(num_outputs))
+    picked = select_candidates(result, int(num_outputs))
     converged = [bool(result.converged[0, r]) for r in picked]
     l2 = [float(result.l2[0, r]) for r in picked]
     if not any(result.converged[0].tolist()):
