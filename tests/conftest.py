@@ -19,3 +19,27 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(CUDA_SKIP_REASON
 
 requires_extension = pytest.mark.skipif(not _extension.is_loaded(),
                                         reason=f"compiled extension not built: {_extension.LOAD_ERROR}")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests on one thread: on 2-core machines shared with other jobs, OpenMP
+    spin-waiting collapses multi-threaded throughput."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_search_generator(resolution=16, seed=0, dtype=torch.float32):
+    """A small random StyleGAN2 (z = w = 32, 2 mapping layers, <= 32 channels) for search tests."""
+    from pulse_ext.stylegan2 import Generator
+
+    torch.manual_seed(seed)
+    G = Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=resolution, img_channels=3,
+                  mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=512, channel_max=32))
+    with torch.no_grad():  # NVIDIA initialises noise_strength to 0; give the noise maps something to do
+        for module in G.modules():
+            if hasattr(module, "noise_strength"):
+                module.noise_strength.fill_(0.1)
+    return G.to(dtype)

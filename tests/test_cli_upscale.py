@@ -13,30 +13,20 @@ from PIL import Image
 from pulse_ext.checkpoints import save_generator
 from pulse_ext.cli import main
 from pulse_ext.cli_upscale import atomic_write, nearest_valid_size, read_image
-from pulse_ext.stylegan2 import Generator
+from conftest import tiny_search_generator
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """A saved 16-px generator and a 4x4 PNG made by area-downscaling one of its samples."""
     folder = tmp_path_factory.mktemp("upscale")
-    torch.manual_seed(0)
-    G = Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=16, img_channels=3,
-                  mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=512, channel_max=32))
+    G = tiny_search_generator()
     with torch.no_grad():
-        for module in G.modules():
-            if hasattr(module, "noise_strength"):
-                module.noise_strength.fill_(0.1)
         z = torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(5))
         small = F.avg_pool2d(((G(z, noise_mode="const") + 1) / 2).clamp(0, 1), 4)[0]
     generator = str(folder / "g.safetensors")

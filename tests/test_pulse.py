@@ -9,32 +9,16 @@ from pulse_ext.pulse import (PULSE, SphericalOptimizer, bicubic_downscale, bicub
                              fit_latent_stats, geocross, latent_to_w, lr_factor, parse_loss, per_restart_loss,
                              project_to_sphere, restart_seed, sphere_radius)
 from pulse_ext.pulse.losses import LossTerm
-from pulse_ext.stylegan2 import Generator
+
+from conftest import tiny_search_generator
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # 2-core machines shared with other jobs: OpenMP spin-waiting collapses multi-threaded throughput.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny_generator(resolution=16, seed=0, dtype=torch.float32):
-    torch.manual_seed(seed)
-    G = Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=resolution, img_channels=3,
-                  mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=512, channel_max=32))
-    with torch.no_grad():  # NVIDIA initialises noise_strength to 0; give the noise maps something to do
-        for module in G.modules():
-            if hasattr(module, "noise_strength"):
-                module.noise_strength.fill_(0.1)
-    return G.to(dtype)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def G():
-    return tiny_generator()
+    return tiny_search_generator()
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +201,7 @@ def test_search_reaches_eps_on_generator_samples(G, targets):
 
 @pytest.mark.parametrize("noise_type, tile", [("trainable", False), ("fixed", True), ("zero", False)])
 def test_batched_restarts_equal_one_by_one(targets, noise_type, tile):
-    G64 = tiny_generator(dtype=torch.float64)
+    G64 = tiny_search_generator(dtype=torch.float64)
     options = dict(steps=6, stats_samples=1000, noise_type=noise_type, tile_latent=tile, eps=1e-9)
     batched = PULSE(G64, **options).search(targets.double(), restarts=3, seed=11)
     for b in range(2):
