@@ -46,6 +46,7 @@ class SearchResult:
     seconds: float
     stats_seconds: float = 0.0
     timings: Dict[str, float] = field(default_factory=dict)
+    noises: Optional[List[torch.Tensor]] = None  # trainable noise maps at the best image (progressive search)
 
     def ranking(self, image_index: int = 0) -> List[int]:
         """Restart indices of input ``image_index``: converged ones first, each group by increasing loss."""
@@ -102,6 +103,9 @@ class PULSE:
         latent_stats: a ``LatentStats`` (or dict with mean/std) to skip fitting; stats_samples: samples
             for the fit otherwise.
         impl: None, or "auto" | "fused" | "reference" for the loss op and (during the search) the generator.
+        search_resolution: None (default) or a block resolution below the generator's: search with the
+            synthesis network truncated there (its skip image), then render full resolution, re-check
+            the L2 and refine for up to ``refine_steps`` steps (see ``pulse_ext.pulse.progressive``).
     """
 
     def __init__(self, generator, *, loss: str = "100*L2+0.05*GEOCROSS", eps: float = 2e-3, steps: int = 100,
@@ -110,7 +114,7 @@ class PULSE:
                  bad_noise_layers: Union[Sequence[int], str] = (-1,), tile_latent: bool = False,
                  downscale: str = "area", sync_every: int = 5, drop_converged: bool = True,
                  latent_stats: Optional[Union[LatentStats, dict]] = None, stats_samples: int = 100_000,
-                 impl: Optional[str] = None):
+                 impl: Optional[str] = None, search_resolution: Optional[int] = None, refine_steps: int = 10):
         self.generator = generator
         self.loss_terms = parse_loss(loss)
         self.loss = loss
@@ -150,6 +154,11 @@ class PULSE:
         if isinstance(latent_stats, dict):
             latent_stats = LatentStats(torch.as_tensor(latent_stats["mean"]), torch.as_tensor(latent_stats["std"]))
         self._stats = latent_stats
+        from pulse_ext.pulse.progressive import check_search_resolution
+        self.search_resolution = check_search_resolution(generator, search_resolution)
+        if int(refine_steps) < 0:
+            raise ValueError(f"refine_steps must be >= 0, got {refine_steps}")
+        self.refine_steps = int(refine_steps)
 
     def _parse_bad_layers(self, bad) -> List[int]:
         count = len(self.noise_shapes)
@@ -257,6 +266,10 @@ class PULSE:
             G.requires_grad_(False)
             if self.impl is not None:
                 G.set_impl(self.impl)
+            if self.search_resolution is not None:
+                from pulse_ext.pulse.progressive import progressive_run
+                return progressive_run(self, target, seeds, n, num_images, num_restarts, stats, stats_seconds,
+                                       device, dtype, progress, callback, int(callback_every))
             return self._run(target, seeds, n, num_images, num_restarts, stats, stats_seconds, device, dtype,
                              progress, callback, int(callback_every))
         finally:
@@ -266,10 +279,27 @@ class PULSE:
                 G.set_impl(saved_impl)
 
     def _run(self, target, seeds, n, num_images, num_restarts, stats, stats_seconds, device, dtype, progress,
-             callback=None, callback_every=1):
+             callback=None, callback_every=1, *, steps=None, synthesize=None, image_size=None, init=None,
+             lr_schedule=None, sync_every=None, track_noise=False):
+        """The search loop. The keyword-only arguments serve ``progressive``: steps / sync_every override the
+        options; synthesize(w, noise) -> image in [-1, 1] of side image_size replaces G.synthesis; init =
+        (latent, {noise layer: tensor}) replaces the random start of those tensors; lr_schedule(step, steps)
+        replaces the schedule; track_noise returns the trainable noise maps at each best image."""
         G = self.generator
         loss_impl = self.impl or "auto"
+        steps = self.steps if steps is None else int(steps)
+        sync_every = self.sync_every if sync_every is None else int(sync_every)
+        if synthesize is None:
+            def synthesize(w, noise):
+                return G.synthesis(w, noise_mode="const", noise=noise)
+        if lr_schedule is None:
+            def lr_schedule(step, total):
+                return lr_factor(self.lr_schedule, step, total)
         latent, noise, kinds = self._init_rows([s for row in seeds for s in row], device, dtype)
+        if init is not None:
+            latent = init[0].to(device=device, dtype=dtype).clone()
+            for i, t in init[1].items():
+                noise[i] = t.to(device=device, dtype=dtype).clone()
         latent.requires_grad_(True)
         trainable = [i for i, k in enumerate(kinds) if k == "trainable"]
         fixed = [i for i, k in enumerate(kinds) if k == "fixed"]
@@ -278,7 +308,8 @@ class PULSE:
         opt = SphericalOptimizer([latent] + [noise[i] for i in trainable], self.optimizer, self.learning_rate)
 
         # Results for all N rows; rows that leave the batch (or the whole batch at the end) land here.
-        out_img = torch.zeros(n, G.img_channels, G.img_resolution, G.img_resolution, device=device, dtype=dtype)
+        size = G.img_resolution if image_size is None else int(image_size)
+        out_img = torch.zeros(n, G.img_channels, size, size, device=device, dtype=dtype)
         out_latent = torch.zeros(n, *latent.shape[1:], device=device, dtype=dtype)
         out_l2 = torch.full((n,), float("inf"), device=device, dtype=dtype)
         out_l1, out_loss = out_l2.clone(), out_l2.clone()
@@ -294,6 +325,8 @@ class PULSE:
         best_l2, best_l1, best_loss = out_l2.clone(), out_l1.clone(), out_loss.clone()
         active = torch.ones(n, dtype=torch.bool, device=device)
         conv_step = out_step.clone()
+        out_noise = [noise[i].detach().clone() for i in trainable] if track_noise else []
+        best_noise = [t.clone() for t in out_noise]
 
         def flush():
             out_img.index_copy_(0, rows, best_img)
@@ -301,16 +334,18 @@ class PULSE:
             for dst, src in ((out_l2, best_l2), (out_l1, best_l1), (out_loss, best_loss), (out_step, conv_step)):
                 dst.index_copy_(0, rows, src)
             out_conv.index_copy_(0, rows, ~active)
+            for dst, src in zip(out_noise, best_noise):
+                dst.index_copy_(0, rows, src)
 
         bar = None
         if progress:
             from tqdm.auto import tqdm
-            bar = tqdm(total=self.steps, desc=progress if isinstance(progress, str) else "PULSE", unit="step")
+            bar = tqdm(total=steps, desc=progress if isinstance(progress, str) else "PULSE", unit="step")
         steps_run = 0
         start = time.perf_counter()
-        for step in range(self.steps):
+        for step in range(steps):
             w = latent_to_w(latent, stats, G.num_ws)
-            img = (G.synthesis(w, noise_mode="const", noise=noise) + 1) / 2
+            img = (synthesize(w, noise) + 1) / 2
             l2, l1 = downscale_losses(img, row_target, self.downscale, loss_impl)
             loss = per_restart_loss(self.loss_terms, l2, l1, w[:, :1] if self.tile_latent else w, self.eps)
             loss.sum().backward()
@@ -319,17 +354,18 @@ class PULSE:
                 better = active & ((loss < best_loss) | newly)
                 best_img = torch.where(better.view(-1, 1, 1, 1), img, best_img)
                 best_latent = torch.where(better.view(-1, 1, 1), latent, best_latent)
+                best_noise = [torch.where(better.view(-1, 1, 1, 1), noise[i], b) for i, b in zip(trainable, best_noise)]
                 best_l2 = torch.where(better, l2, best_l2)
                 best_l1 = torch.where(better, l1, best_l1)
                 best_loss = torch.where(better, loss, best_loss)
                 conv_step = torch.where(newly, step, conv_step)
                 active = active & ~newly
-            opt.step(lr_factor(self.lr_schedule, step, self.steps), active=active)
+            opt.step(lr_schedule(step, steps), active=active)
             opt.zero_grad()
             del img, w, loss, l2, l1
             steps_run = step + 1
-            finished = steps_run == self.steps
-            if steps_run % self.sync_every == 0 or finished:
+            finished = steps_run == steps
+            if steps_run % sync_every == 0 or finished:
                 num_active = int(active.sum())  # the only host synchronisation
                 if bar is not None:
                     bar.update(steps_run - bar.n)
@@ -339,7 +375,7 @@ class PULSE:
             if callback is not None and (steps_run % callback_every == 0 or finished):
                 callback(self._snapshot(steps_run, finished, rows, num_images, num_restarts, out_img, best_img,
                                         out_l2, best_l2, out_loss, best_loss, active))
-            if steps_run % self.sync_every == 0 or finished:
+            if steps_run % sync_every == 0 or finished:
                 if num_active == 0:
                     break
                 if self.drop_converged and num_active < rows.numel():
@@ -356,6 +392,7 @@ class PULSE:
                     best_img, best_latent = best_img.index_select(0, keep), best_latent.index_select(0, keep)
                     best_l2, best_l1 = best_l2.index_select(0, keep), best_l1.index_select(0, keep)
                     best_loss, conv_step = best_loss.index_select(0, keep), conv_step.index_select(0, keep)
+                    best_noise = [b.index_select(0, keep) for b in best_noise]
                     active = active.index_select(0, keep)
         flush()
         if device.type == "cuda":
@@ -372,7 +409,8 @@ class PULSE:
             l1=per_image(out_l1), loss=per_image(out_loss), converged=per_image(out_conv),
             converged_step=per_image(out_step), seeds=seeds, steps_run=steps_run, seconds=seconds,
             stats_seconds=stats_seconds,
-            timings={"search_s": seconds, "seconds_per_step": seconds / max(steps_run, 1), "stats_s": stats_seconds})
+            timings={"search_s": seconds, "seconds_per_step": seconds / max(steps_run, 1), "stats_s": stats_seconds},
+            noises=[per_image(t) for t in out_noise] if track_noise else None)
 
     @staticmethod
     def _snapshot(step, final, rows, num_images, num_restarts, out_img, best_img, out_l2, best_l2, out_loss,

@@ -1,0 +1,60 @@
+"""bench_e2e runs in a tiny mode and its three paths (fused, reference, grouped) agree. No timing assertions."""
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, BENCH)
+    try:
+        import bench_e2e
+        yield bench_e2e
+    finally:
+        sys.path.remove(BENCH)
+
+
+def test_flop_model_matches_config_f():
+    sys.path.insert(0, BENCH)
+    try:
+        import flops
+    finally:
+        sys.path.remove(BENCH)
+    macs = flops.synthesis_macs(1024, 32768, 512)["total"]
+    assert abs(macs / 75.5e9 - 1) < 0.01  # DESIGN.md §6
+    assert flops.step_flops(1024, 32768, 512) == 4 * macs
+
+
+def test_grouped_modconv_matches_reference(bench):
+    from grouped_modconv import grouped_modulated_conv2d
+    from pulse_ext.ops import reference
+    torch.manual_seed(0)
+    x, weight, styles = torch.randn(3, 8, 6, 6), torch.randn(5, 8, 3, 3), torch.randn(3, 8)
+    for up in (1, 2):
+        for demod in (True, False):
+            torch.testing.assert_close(grouped_modulated_conv2d(x, weight, styles, demodulate=demod, up=up),
+                                       reference.modulated_conv2d(x, weight, styles, demodulate=demod, up=up),
+                                       rtol=1e-5, atol=1e-5)
+
+
+def test_bench_e2e_tiny_run_paths_agree(bench, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "write_results", lambda name, device, rows, columns, notes: str(tmp_path / f"{name}.md"))
+    threads = torch.get_num_threads()
+    try:
+        rows = bench.main(["--device", "cpu", "--threads", "1", "--sizes", "16", "--restarts", "2", "--steps", "2",
+                           "--inprocess", "--no-cli"])
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["path"] for r in rows] == ["fused", "reference", "grouped"]
+    assert all(r["status"] == "ok" and r["s_per_step"] > 0 and r["TFLOPs"] > 0 for r in rows)
+    assert all(r["max_rel_diff_vs_ref"] < 1e-4 for r in rows if r["path"] != "reference")
+    # same seeds, same search: the three paths reach the same loss
+    l2 = [r["best_l2"] for r in rows]
+    assert max(l2) - min(l2) < 1e-4 * max(l2)
+    assert "fused_vs_reference" in rows[0] and "fused_vs_grouped" in rows[0]
+    json.dumps(rows)

@@ -1,0 +1,88 @@
+"""Progressive search resolution (PULSE(search_resolution=...)): truncated synthesis, validation, end to end."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pulse_ext.pulse import PULSE
+from pulse_ext.pulse.progressive import check_search_resolution, truncated_synthesis
+from pulse_ext.stylegan2 import Generator
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def G():
+    torch.manual_seed(0)
+    G = Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=16, img_channels=3,
+                  mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=512, channel_max=32))
+    with torch.no_grad():
+        for module in G.modules():
+            if hasattr(module, "noise_strength"):
+                module.noise_strength.fill_(0.1)
+    return G
+
+
+@pytest.fixture(scope="module")
+def target(G):
+    with torch.no_grad():
+        z = torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(5))
+        img = ((G(z, noise_mode="const") + 1) / 2).clamp(0, 1)
+    return F.avg_pool2d(img, 4)
+
+
+def test_truncated_synthesis_at_full_resolution_is_the_network(G):
+    ws = torch.randn(2, G.num_ws, G.w_dim)
+    noise = [torch.randn(2, 1, r, r) for _, r in G.synthesis.noise_shapes()]
+    with torch.no_grad():
+        full = G.synthesis(ws, noise_mode="const", noise=noise)
+        assert torch.equal(truncated_synthesis(G.synthesis, ws, 16, noise=noise), full)
+        coarse = truncated_synthesis(G.synthesis, ws, 8, noise=noise)
+    assert coarse.shape == (2, 3, 8, 8)
+
+
+def test_search_resolution_validation(G):
+    assert check_search_resolution(G, None) is None
+    assert check_search_resolution(G, 16) is None  # full resolution = ordinary search
+    assert check_search_resolution(G, 8) == 8
+    for bad in (3, 6, 32):
+        with pytest.raises(ValueError, match="search_resolution"):
+            PULSE(G, search_resolution=bad)
+    with pytest.raises(ValueError, match="refine_steps"):
+        PULSE(G, search_resolution=8, refine_steps=-1)
+
+
+@pytest.mark.parametrize("search_resolution", [4, 8])  # below and at/above the 4x4 target size
+def test_progressive_search_returns_full_resolution_results(G, target, search_resolution):
+    options = dict(steps=6, eps=1e-9, latent_stats=dict(mean=torch.zeros(32), std=torch.ones(32)))
+    result = PULSE(G, search_resolution=search_resolution, refine_steps=2, **options).search(target, restarts=2, seed=3)
+    assert result.images.shape == (1, 2, 3, 16, 16)
+    assert result.steps_run == 6 + 3 and result.timings["full_resolution_steps"] == 3
+    # L2 describes the full-resolution image, area-downscaled
+    l2 = (F.avg_pool2d(result.images[0], 4) - target).square().mean((1, 2, 3))
+    torch.testing.assert_close(result.l2[0], l2, rtol=1e-4, atol=1e-7)
+    # deterministic
+    again = PULSE(G, search_resolution=search_resolution, refine_steps=2, **options).search(target, restarts=2, seed=3)
+    assert torch.equal(again.images, result.images)
+
+
+def test_progressive_converged_rows_are_checked_at_full_resolution(G, target):
+    # A huge eps: everything converges in the coarse phase, then the full-resolution check (step 0 of the
+    # refinement) confirms it and no refinement step runs.
+    options = dict(steps=5, eps=10.0, latent_stats=dict(mean=torch.zeros(32), std=torch.ones(32)))
+    result = PULSE(G, search_resolution=8, refine_steps=4, **options).search(target, restarts=2, seed=1)
+    assert bool(result.converged.all())
+    assert result.timings["full_resolution_steps"] == 1
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_upscale_forwards_search_resolution(G, target):
+    from pulse_ext.upscale import upscale
+    out = upscale(target[0], generator=G, restarts=2, steps=3, seed=0, search_resolution=8, refine_steps=1,
+                  eps=1e-9, latent_stats=dict(mean=torch.zeros(32), std=torch.ones(32)), return_result=True)
+    assert out.tensors.shape == (1, 3, 16, 16) and out.steps_run == 3 + 2
