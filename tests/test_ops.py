@@ -26,6 +26,18 @@ def non_contiguous(t):
     return t.transpose(-1, -2).contiguous().transpose(-1, -2)
 
 
+def in_layout(t, layout):
+    """t as "contiguous", "transposed" (non-contiguous) or "channels_last" memory (4-D only)."""
+    if layout == "transposed":
+        return non_contiguous(t)
+    if layout == "channels_last":
+        return t.contiguous(memory_format=torch.channels_last)
+    return t
+
+
+LAYOUTS = ["contiguous", "transposed", "channels_last"]
+
+
 def assert_grads_close(fused_inputs, reference_inputs, tol):
     for i, (a, b) in enumerate(zip(fused_inputs, reference_inputs)):
         if a is None:
@@ -61,12 +73,12 @@ def make_nba_inputs(n, c, h, w, noise, demod, device, dtype=torch.float32):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", NBA_CASES, ids=lambda c: "x".join(map(str, c[:4])) + f"-{c[4]}-d{int(c[5])}-c{c[6]}")
-@pytest.mark.parametrize("contiguous", [True, False])
-def test_noise_bias_act_matches_reference(device, case, contiguous):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_noise_bias_act_matches_reference(device, case, layout):
     n, c, h, w, noise, demod, clamp, slope, gain = case
     x, noise_t, strength, bias, demod_t = make_nba_inputs(n, c, h, w, noise, demod, device)
-    if not contiguous:
-        x = non_contiguous(x)
+    x = in_layout(x, layout)
+    if layout == "transposed":
         noise_t = None if noise_t is None else non_contiguous(noise_t)
     fused_in = leaves(x, noise_t, strength, bias, demod_t)
     ref_in = leaves(x, noise_t, strength, bias, demod_t)
@@ -176,12 +188,13 @@ def make_modconv_inputs(n, cin, cout, h, k, device, dtype=torch.float32):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", MODCONV_CASES, ids=lambda c: f"n{c[0]}-{c[1]}to{c[2]}-{c[3]}px-k{c[4]}-up{c[5]}-d{int(c[6])}")
-@pytest.mark.parametrize("contiguous", [True, False])
-def test_modulated_conv2d_matches_reference(device, case, contiguous):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_modulated_conv2d_matches_reference(device, case, layout):
     n, cin, cout, h, k, up, demodulate = case
     x, weight, styles = make_modconv_inputs(n, cin, cout, h, k, device)
-    if not contiguous:
-        x, styles = non_contiguous(x), styles.t().contiguous().t()
+    x = in_layout(x, layout)
+    if layout == "transposed":
+        styles = styles.t().contiguous().t()
     (x_f, s_f), (x_r, s_r) = leaves(x, styles), leaves(x, styles)
     y_f = ops.modulated_conv2d(x_f, weight, s_f, demodulate=demodulate, up=up, impl="fused")
     y_r = ops.modulated_conv2d(x_r, weight, s_r, demodulate=demodulate, up=up, impl="reference")
