@@ -38,6 +38,12 @@ inline std::optional<at::Tensor> contiguous_or_none(const std::optional<at::Tens
   return t->contiguous();
 }
 
+// A CPU tensor laid out channels-last (and not also plain contiguous): the CPU kernels then work
+// on it as NHWC (see kernels.h), and outputs keep that layout.
+inline bool is_cpu_channels_last(const at::Tensor& t) {
+  return !t.is_cuda() && t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 inline void check_like(const at::Tensor& t, const at::Tensor& x, const char* op, const char* name) {
   TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", x.device());
   TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(), " but x has ",

@@ -32,8 +32,8 @@ Inputs prepare(const at::Tensor& x, const std::optional<at::Tensor>& demod, cons
   check_like(noise, x, kOp, "noise");
   check_like(noise_strength, x, kOp, "noise_strength");
   check_like(bias, x, kOp, "bias");
-  return {x.contiguous(), contiguous_or_none(demod), contiguous_or_none(noise), contiguous_or_none(noise_strength),
-          contiguous_or_none(bias)};
+  return {is_cpu_channels_last(x) ? x : x.contiguous(), contiguous_or_none(demod), contiguous_or_none(noise),
+          contiguous_or_none(noise_strength), contiguous_or_none(bias)};
 }
 
 template <typename T>
@@ -57,11 +57,15 @@ at::Tensor noise_bias_act(const at::Tensor& x, const std::optional<at::Tensor>& 
                           std::optional<double> clamp) {
   const c10::DeviceGuard guard(x.device());
   Inputs in = prepare(x, demod, noise, noise_strength, bias);
-  at::Tensor y = at::empty_like(in.x);
+  at::Tensor y = at::empty_like(in.x);  // the layout of x: NCHW, or NHWC on the CPU
   if (y.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kOp, [&] {
     auto args = make_args<scalar_t>(in, slope, gain, clamp);
-    PULSE_CALL_BACKEND(x, noise_bias_act_forward<scalar_t>, args, y.data_ptr<scalar_t>());
+    if (is_cpu_channels_last(in.x)) {
+      cpu::noise_bias_act_forward_nhwc<scalar_t>(args, y.data_ptr<scalar_t>());
+    } else {
+      PULSE_CALL_BACKEND(x, noise_bias_act_forward<scalar_t>, args, y.data_ptr<scalar_t>());
+    }
   });
   return y;
 }
@@ -76,7 +80,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> noise_bia
               " and y ", y.sizes(), " must have the shape of x ", x.sizes());
   check_like(grad, x, "noise_bias_act_backward", "grad");
   check_like(y, x, "noise_bias_act_backward", "y");
-  const at::Tensor grad_c = grad.contiguous(), y_c = y.contiguous();
+  const auto layout = is_cpu_channels_last(in.x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor grad_c = grad.contiguous(layout), y_c = y.contiguous(layout);
   const int64_t n = x.size(0), c = x.size(1);
   at::Tensor grad_x = at::empty_like(in.x);
   at::Tensor demod_partial = at::empty({in.demod ? n : 0, c}, x.options());
@@ -92,8 +97,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> noise_bia
       NoiseBiasActGrads<scalar_t> grads{grad_x.data_ptr<scalar_t>(), in.demod ? demod_partial.data_ptr<scalar_t>() : nullptr,
                                         bias_partial.data_ptr<scalar_t>(),
                                         in.noise ? noise_channel_sum.data_ptr<scalar_t>() : nullptr};
-      PULSE_CALL_BACKEND(x, noise_bias_act_backward<scalar_t>, args, grad_c.const_data_ptr<scalar_t>(),
-                         y_c.const_data_ptr<scalar_t>(), grads);
+      if (is_cpu_channels_last(in.x)) {
+        cpu::noise_bias_act_backward_nhwc<scalar_t>(args, grad_c.const_data_ptr<scalar_t>(),
+                                                    y_c.const_data_ptr<scalar_t>(), grads);
+      } else {
+        PULSE_CALL_BACKEND(x, noise_bias_act_backward<scalar_t>, args, grad_c.const_data_ptr<scalar_t>(),
+                           y_c.const_data_ptr<scalar_t>(), grads);
+      }
     });
   }
   const at::Tensor empty = at::empty({0}, x.options());

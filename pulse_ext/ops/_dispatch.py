@@ -49,3 +49,10 @@ def register_fake(qualname: str):
         return fn
 
     return decorator
+
+
+def is_cpu_channels_last(t: torch.Tensor) -> bool:
+    """A CPU tensor laid out channels-last (and not also plain contiguous). The CPU kernels work on
+    such tensors as NHWC and keep that layout in their outputs (mirrors csrc/backend.h)."""
+    return (t.device.type == "cpu" and t.dim() == 4 and not t.is_contiguous()
+            and t.is_contiguous(memory_format=torch.channels_last))

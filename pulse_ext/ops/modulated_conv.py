@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from pulse_ext import _extension
 from pulse_ext.ops import reference
-from pulse_ext.ops._dispatch import check, register_fake as _register_fake, use_fused
+from pulse_ext.ops._dispatch import check, is_cpu_channels_last, register_fake as _register_fake, use_fused
 
 
 def demodulation_coefficients(weight: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
@@ -51,15 +51,26 @@ def _output_size(x, weight, up, padding):
     return h + 2 * padding - k + 1, w + 2 * padding - k + 1
 
 
+def _cpu_output_is_channels_last(x, weight, up, padding):
+    """Mirrors csrc/modulated_conv.cpp: on the CPU the convolution works channels-last, except a 1x1
+    layer on an NCHW input."""
+    if x.device.type != "cpu":
+        return False
+    pointwise = weight.shape[-1] == 1 and up == 1 and padding == 0
+    return not pointwise or is_cpu_channels_last(x)
+
+
 @_register_fake("pulse_ext::modulated_conv2d")
 def _modulated_conv2d_fake(x, weight, styles, demod, up, padding):
     oh, ow = _output_size(x, weight, up, padding)
-    return x.new_empty((x.shape[0], weight.shape[0], oh, ow))
+    y = x.new_empty((x.shape[0], weight.shape[0], oh, ow))
+    return y.contiguous(memory_format=torch.channels_last) if _cpu_output_is_channels_last(x, weight, up, padding) else y
 
 
 @_register_fake("pulse_ext::modulated_conv2d_backward")
 def _modulated_conv2d_backward_fake(grad, y, x, weight, styles, demod, up, padding):
-    return (torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(styles),
+    layout = torch.channels_last if _cpu_output_is_channels_last(x, weight, up, padding) else torch.contiguous_format
+    return (torch.empty_like(x, memory_format=layout), torch.empty_like(styles),
             x.new_empty((0,)) if demod is None else torch.empty_like(demod))
 
 

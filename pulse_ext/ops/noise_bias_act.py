@@ -8,7 +8,7 @@ import torch
 
 from pulse_ext import _extension
 from pulse_ext.ops import reference
-from pulse_ext.ops._dispatch import check, register_fake as _register_fake, use_fused
+from pulse_ext.ops._dispatch import check, is_cpu_channels_last, register_fake as _register_fake, use_fused
 
 
 def _validate(x, noise, noise_strength, bias, demod) -> None:
@@ -30,9 +30,14 @@ def _validate(x, noise, noise_strength, bias, demod) -> None:
             check(t.dtype == x.dtype, f"noise_bias_act: {name} has dtype {t.dtype} but x has {x.dtype}")
 
 
+def _layout(x):
+    """The memory format of the kernels' outputs for input x: channels-last stays channels-last on CPU."""
+    return torch.channels_last if is_cpu_channels_last(x) else torch.contiguous_format
+
+
 @_register_fake("pulse_ext::noise_bias_act")
 def _noise_bias_act_fake(x, demod, noise, noise_strength, bias, slope, gain, clamp):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+    return torch.empty_like(x, memory_format=_layout(x))
 
 
 @_register_fake("pulse_ext::noise_bias_act_backward")
@@ -40,8 +45,7 @@ def _noise_bias_act_backward_fake(grad, y, x, demod, noise, noise_strength, bias
     def like(t):
         return x.new_empty((0,)) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
 
-    return (torch.empty_like(x, memory_format=torch.contiguous_format), like(demod), like(noise),
-            like(noise_strength), like(bias))
+    return (torch.empty_like(x, memory_format=_layout(x)), like(demod), like(noise), like(noise_strength), like(bias))
 
 
 def _setup_context(ctx, inputs, output):
