@@ -269,7 +269,7 @@ def estimate_step_seconds(size, r, path, gflops_limit) -> float:
 def time_cli(generator, threads) -> dict:
     """Wall time of the default CPU upscale from the command line (a fresh process, as a user runs it)."""
     exe = os.path.join(os.path.dirname(sys.executable), "pulse-ext")
-    cmd = [exe, "upscale", os.path.join(HERE, "..", "examples", "astronaut16.png"), "-o", "/tmp/bench-e2e-cli.png"]
+    cmd = [exe, "upscale", os.path.join(HERE, "..", "examples", "astronaut16.png"), "-o", "/tmp/bench-e2e-cli.png", "--overwrite"]
     if generator:
         cmd += ["--generator", generator]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
