@@ -5,27 +5,16 @@ import torch.nn.functional as F
 
 from pulse_ext.pulse import PULSE
 from pulse_ext.pulse.progressive import check_search_resolution, truncated_synthesis
-from pulse_ext.stylegan2 import Generator
+
+from conftest import tiny_search_generator
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def G():
-    torch.manual_seed(0)
-    G = Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=16, img_channels=3,
-                  mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=512, channel_max=32))
-    with torch.no_grad():
-        for module in G.modules():
-            if hasattr(module, "noise_strength"):
-                module.noise_strength.fill_(0.1)
-    return G
+    return tiny_search_generator()
 
 
 @pytest.fixture(scope="module")
