@@ -15,36 +15,22 @@ __global__ void scale_channels_kernel(const T* __restrict__ x, const T* __restri
     out[idx] = x[idx] * scale[idx / HW];
 }
 
-// One block per plane: grad_x = grad * s, and the plane's sum of grad * x for grad_s.
+// One block per plane: out = a * s and dot = sum(a * b) over the plane (divided by s when asked).
+// It is both the style backward (a = grad, b = x: grad_x, grad_s) and the demodulation backward
+// (a = grad, b = y = d * pre: grad_pre, grad_d = sum(grad * y) / d).
 template <typename T>
-__global__ void scale_channels_backward_kernel(const T* __restrict__ grad, const T* __restrict__ x,
-                                               const T* __restrict__ scale, T* __restrict__ grad_x,
-                                               T* __restrict__ grad_s, int64_t HW) {
+__global__ void scale_and_dot_kernel(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ scale,
+                                     T* __restrict__ out, T* __restrict__ dot, int64_t HW, bool divide_dot_by_scale) {
   const int64_t plane = blockIdx.x, base = plane * HW;
   const T s = scale[plane];
   T acc = T(0);
   for (int64_t i = threadIdx.x; i < HW; i += blockDim.x) {
-    const T g = grad[base + i];
-    grad_x[base + i] = g * s;
-    acc += g * x[base + i];
+    const T v = a[base + i];
+    out[base + i] = v * s;
+    acc += v * b[base + i];
   }
   acc = block_sum(acc);
-  if (threadIdx.x == 0) grad_s[plane] = acc;
-}
-
-template <typename T>
-__global__ void demod_backward_kernel(const T* __restrict__ grad, const T* __restrict__ y, const T* __restrict__ demod,
-                                      T* __restrict__ grad_pre, T* __restrict__ grad_demod, int64_t HW) {
-  const int64_t plane = blockIdx.x, base = plane * HW;
-  const T d = demod[plane];
-  T acc = T(0);
-  for (int64_t i = threadIdx.x; i < HW; i += blockDim.x) {
-    const T g = grad[base + i];
-    grad_pre[base + i] = g * d;
-    acc += g * y[base + i];
-  }
-  acc = block_sum(acc);
-  if (threadIdx.x == 0) grad_demod[plane] = acc / d;
+  if (threadIdx.x == 0) dot[plane] = divide_dot_by_scale ? acc / s : acc;
 }
 
 template <typename T>
@@ -83,16 +69,16 @@ void scale_channels(const T* x, const T* scale, T* out, int64_t N, int64_t C, in
 template <typename T>
 void scale_channels_backward(const T* grad, const T* x, const T* scale, T* grad_x, T* grad_s, int64_t N, int64_t C,
                              int64_t HW, cudaStream_t stream) {
-  scale_channels_backward_kernel<T><<<static_cast<unsigned int>(N * C), kThreads, 0, stream>>>(grad, x, scale, grad_x,
-                                                                                              grad_s, HW);
+  scale_and_dot_kernel<T><<<static_cast<unsigned int>(N * C), kThreads, 0, stream>>>(grad, x, scale, grad_x, grad_s,
+                                                                                    HW, false);
   check_launch("scale_channels_backward");
 }
 
 template <typename T>
 void demod_backward(const T* grad, const T* y, const T* demod, T* grad_pre, T* grad_demod, int64_t N, int64_t C,
                     int64_t HW, cudaStream_t stream) {
-  demod_backward_kernel<T><<<static_cast<unsigned int>(N * C), kThreads, 0, stream>>>(grad, y, demod, grad_pre,
-                                                                                     grad_demod, HW);
+  scale_and_dot_kernel<T><<<static_cast<unsigned int>(N * C), kThreads, 0, stream>>>(grad, y, demod, grad_pre,
+                                                                                    grad_demod, HW, true);
   check_launch("demod_backward");
 }
 
