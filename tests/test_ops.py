@@ -189,7 +189,12 @@ def make_modconv_inputs(n, cin, cout, h, k, device, dtype=torch.float32):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", MODCONV_CASES, ids=lambda c: f"n{c[0]}-{c[1]}to{c[2]}-{c[3]}px-k{c[4]}-up{c[5]}-d{int(c[6])}")
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_modulated_conv2d_matches_reference(device, case, layout):
+@pytest.mark.parametrize("cpu_path", ["nhwc", "nchw"])
+def test_modulated_conv2d_matches_reference(monkeypatch, device, case, layout, cpu_path):
+    """On CPU both paths: channels-last (the default) and the device-generic NCHW path CUDA uses."""
+    if device == "cuda" and cpu_path == "nchw":
+        pytest.skip("PULSE_EXT_CPU_LAYOUT only affects CPU tensors")
+    monkeypatch.setenv("PULSE_EXT_CPU_LAYOUT", cpu_path)
     n, cin, cout, h, k, up, demodulate = case
     x, weight, styles = make_modconv_inputs(n, cin, cout, h, k, device)
     x = in_layout(x, layout)
@@ -245,7 +250,9 @@ def test_modulated_conv2d_weight_grad_goes_through_reference():
         assert_grads_close(fused, ref, dict(rtol=1e-4, atol=1e-3))
 
 
-def test_modulated_conv2d_gradcheck_float64():
+@pytest.mark.parametrize("cpu_path", ["nhwc", "nchw"])
+def test_modulated_conv2d_gradcheck_float64(monkeypatch, cpu_path):
+    monkeypatch.setenv("PULSE_EXT_CPU_LAYOUT", cpu_path)
     x, weight, styles = make_modconv_inputs(2, 3, 4, 5, 3, "cpu", torch.float64)
     x, styles = leaves(x, styles)
     for up in (1, 2):
@@ -255,7 +262,9 @@ def test_modulated_conv2d_gradcheck_float64():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_modulated_conv2d_opcheck(device):
+@pytest.mark.parametrize("cpu_path", ["nhwc", "nchw"])
+def test_modulated_conv2d_opcheck(monkeypatch, device, cpu_path):
+    monkeypatch.setenv("PULSE_EXT_CPU_LAYOUT", cpu_path)
     x, weight, styles = make_modconv_inputs(2, 3, 4, 5, 3, device)
     x.requires_grad_()
     styles.requires_grad_()

@@ -1,6 +1,7 @@
 """StyleGAN2 modulated convolution (shared-weight form) with a data-gradient-only backward."""
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -54,7 +55,7 @@ def _output_size(x, weight, up, padding):
 def _cpu_output_is_channels_last(x, weight, up, padding):
     """Mirrors csrc/modulated_conv.cpp: on the CPU the convolution works channels-last, except a 1x1
     layer on an NCHW input."""
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or os.environ.get("PULSE_EXT_CPU_LAYOUT", "nhwc") == "nchw":
         return False
     pointwise = weight.shape[-1] == 1 and up == 1 and padding == 0
     return not pointwise or is_cpu_channels_last(x)
