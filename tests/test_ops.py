@@ -186,6 +186,19 @@ def make_modconv_inputs(n, cin, cout, h, k, device, dtype=torch.float32):
     return x, weight, styles
 
 
+def assert_modconv_matches_reference(x, weight, styles, demodulate, up):
+    """Fused vs reference modulated_conv2d, forward and grads wrt x and styles; returns the fused output."""
+    (x_f, s_f), (x_r, s_r) = leaves(x, styles), leaves(x, styles)
+    y_f = ops.modulated_conv2d(x_f, weight, s_f, demodulate=demodulate, up=up, impl="fused")
+    y_r = ops.modulated_conv2d(x_r, weight, s_r, demodulate=demodulate, up=up, impl="reference")
+    torch.testing.assert_close(y_f, y_r, **CONV_TOL)
+    grad = torch.randn_like(y_r)
+    y_f.backward(grad)
+    y_r.backward(grad)
+    assert_grads_close([x_f, s_f], [x_r, s_r], dict(rtol=1e-4, atol=1e-3))
+    return y_f
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", MODCONV_CASES, ids=lambda c: f"n{c[0]}-{c[1]}to{c[2]}-{c[3]}px-k{c[4]}-up{c[5]}-d{int(c[6])}")
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -200,15 +213,8 @@ def test_modulated_conv2d_matches_reference(monkeypatch, device, case, layout, c
     x = in_layout(x, layout)
     if layout == "transposed":
         styles = styles.t().contiguous().t()
-    (x_f, s_f), (x_r, s_r) = leaves(x, styles), leaves(x, styles)
-    y_f = ops.modulated_conv2d(x_f, weight, s_f, demodulate=demodulate, up=up, impl="fused")
-    y_r = ops.modulated_conv2d(x_r, weight, s_r, demodulate=demodulate, up=up, impl="reference")
-    assert y_f.shape == (n, cout, h * up, h * up)
-    torch.testing.assert_close(y_f, y_r, **CONV_TOL)
-    grad = torch.randn_like(y_r)
-    y_f.backward(grad)
-    y_r.backward(grad)
-    assert_grads_close([x_f, s_f], [x_r, s_r], dict(rtol=1e-4, atol=1e-3))
+    y = assert_modconv_matches_reference(x, weight, styles, demodulate, up)
+    assert y.shape == (n, cout, h * up, h * up)
 
 
 @pytest.mark.skipif(CUDA_SKIP_REASON is not None, reason=CUDA_SKIP_REASON or "")
@@ -219,16 +225,8 @@ def test_modulated_conv2d_cuda_implicit_gemm_matches_reference(monkeypatch, case
     """The direct implicit-GEMM CUDA kernel (PULSE_EXT_CUDA_CONV=igemm) against the reference."""
     n, cin, cout, h, k, up, demodulate = case
     x, weight, styles = make_modconv_inputs(n, cin, cout, h, k, "cuda", dtype)
-    (x_f, s_f), (x_r, s_r) = leaves(x, styles), leaves(x, styles)
     monkeypatch.setenv("PULSE_EXT_CUDA_CONV", "igemm")
-    y_f = ops.modulated_conv2d(x_f, weight, s_f, demodulate=demodulate, impl="fused")
-    monkeypatch.setenv("PULSE_EXT_CUDA_CONV", "cudnn")
-    y_r = ops.modulated_conv2d(x_r, weight, s_r, demodulate=demodulate, impl="reference")
-    torch.testing.assert_close(y_f, y_r, **CONV_TOL)
-    grad = torch.randn_like(y_r)
-    y_f.backward(grad)
-    y_r.backward(grad)
-    assert_grads_close([x_f, s_f], [x_r, s_r], dict(rtol=1e-4, atol=1e-3))
+    assert_modconv_matches_reference(x, weight, styles, demodulate, up)
 
 
 @pytest.mark.skipif(CUDA_SKIP_REASON is not None, reason=CUDA_SKIP_REASON or "")
