@@ -110,6 +110,10 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=_seed, default=None,
                         help="random seed (default: drawn, and recorded in the JSON metadata)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--threads", type=_threads_option, default="auto", metavar="N|auto",
+                        help="CPU threads; 'auto' (default) leaves out the cores other processes are busy on "
+                             "(1-minute load average), since OpenMP threads that wait for a busy core slow the "
+                             "whole search down many times over; OMP_NUM_THREADS, if set, wins")
     parser.add_argument("--lr", type=_positive_float, default=0.4, help="base learning rate (default %(default)s)")
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="optimiser (default %(default)s)")
     parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="linear1cycledrop",
@@ -379,6 +383,31 @@ def save_json(data, path):
 # --------------------------------------------------------------------------------------------------
 # the command
 
+def _threads_option(text):
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+    return value
+
+
+def apply_thread_setting(threads) -> int:
+    """Set torch's CPU threads from --threads (an int or "auto"); returns the number used."""
+    import torch
+
+    if threads == "auto":
+        if os.environ.get("OMP_NUM_THREADS"):
+            return torch.get_num_threads()
+        busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+        threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - busy))
+    torch.set_num_threads(int(threads))
+    return int(threads)
+
+
 def check_search_options(args) -> None:
     """UsageError for search options that cannot work together (shared by single files and folder jobs)."""
     from pulse_ext.cli import UsageError
@@ -441,6 +470,7 @@ def run(args):
     from pulse_ext.cli import PROG, UsageError
     from pulse_ext.upscale import PulseConvergenceWarning, tensor_to_pil, upscale, valid_input_sizes
 
+    apply_thread_setting(args.threads)
     if getattr(args, "align", False) or any(os.path.isdir(path) for path in args.inputs):
         from pulse_ext.jobs import run_job
         return run_job(args)

@@ -289,3 +289,23 @@ def test_search_callback_sees_progress_and_costs_nothing_when_unused(files, monk
     assert torch.equal(with_callback.images, without.images) and torch.equal(with_callback.l2, without.l2)
     with pytest.raises(ValueError, match="callback_every"):
         searcher.search(target, restarts=2, seed=3, callback=callback, callback_every=0)
+
+
+def test_threads_option(monkeypatch):
+    from pulse_ext.cli_upscale import _threads_option, apply_thread_setting
+
+    threads = torch.get_num_threads()
+    try:
+        assert apply_thread_setting(1) == 1 and torch.get_num_threads() == 1
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setattr(os, "getloadavg", lambda: (50.0, 0.0, 0.0))  # every core busy
+        assert apply_thread_setting("auto") == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's explicit setting wins
+        torch.set_num_threads(2)
+        assert apply_thread_setting("auto") == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert _threads_option("auto") == "auto" and _threads_option("3") == 3
+    for bad in ("0", "-1", "many"):
+        with pytest.raises(Exception, match="positive integer or 'auto'"):
+            _threads_option(bad)
