@@ -35,11 +35,3 @@ def has_kernels_for(device: torch.device) -> bool:
         return compiled_with_cuda()
     return False
 
-
-def require_loaded() -> None:
-    if LOAD_ERROR is not None:
-        raise RuntimeError(
-            "impl='fused' needs the compiled extension pulse_ext._C, which failed to import "
-            f"({LOAD_ERROR}). Reinstall with `pip install --no-build-isolation .` against the torch you run, "
-            "or use impl='reference'."
-        )
