@@ -2,62 +2,43 @@
 
     python python/ship_default_generator.py --run /work/checkpoints/default64
 
-Reads RUN/latest-G_ema.safetensors and RUN/log.jsonl, checks that the export loads as a generator and
-renders finite images, then writes pulse_ext/weights/default.safetensors and
-pulse_ext/weights/default.json (kimg trained, wall-clock spent, sha256, date) atomically.
+Reads RUN/latest-G_ema.safetensors and the newest RUN/ckpt-*.pt, checks that the export loads as a
+generator and renders finite images, fits PULSE's mapping statistics, then writes
+pulse_ext/weights/default.safetensors (weights + those statistics) and pulse_ext/weights/default.json
+(kimg trained, training minutes, sha256, date) atomically.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import glob
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 
 import torch
 
-from pulse_ext.checkpoints import load_generator
+from pulse_ext.checkpoints import load_generator, save_generator
+from pulse_ext.pulse.latent import fit_latent_stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WEIGHTS = os.path.join(ROOT, "pulse_ext", "weights")
 
 
-def training_summary(log_path: str) -> dict:
-    """kimg reached and minutes of training, summed over the (resumed) runs in a log.jsonl."""
-    kimg, minutes, run_minutes = 0.0, 0.0, 0.0
-    with open(log_path) as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash
-            if "kimg" in rec:
-                kimg = max(kimg, float(rec["kimg"]))
-            if "elapsed_min" in rec:
-                elapsed = float(rec["elapsed_min"])
-                if elapsed < run_minutes:  # the clock restarted: a resumed run
-                    minutes += run_minutes
-                run_minutes = elapsed
-    return {"kimg": round(kimg, 3), "training_minutes": round(minutes + run_minutes, 1)}
-
-
-def atomic_copy(src: str, dst: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dst), prefix=".tmp-")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; installed package data must be world-readable
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def training_summary(run_dir: str) -> dict:
+    """kimg reached and minutes of training (cumulative over resumed runs) from the newest ckpt-*.pt,
+    the checkpoint written together with latest-G_ema.safetensors."""
+    checkpoints = sorted(glob.glob(os.path.join(run_dir, "ckpt-*.pt")))
+    if not checkpoints:
+        raise SystemExit(f"no ckpt-*.pt in {run_dir}: cannot tell how long the exported generator trained")
+    # Our own training checkpoint (it holds numpy RNG state, which weights_only refuses).
+    state = torch.load(checkpoints[-1], map_location="cpu", weights_only=False)
+    return {"kimg": round(state["nimg"] / 1000, 3), "training_minutes": round(state["train_seconds"] / 60, 1)}
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, help="training output folder (holds latest-G_ema.safetensors, log.jsonl)")
+    parser.add_argument("--run", required=True, help="training output folder (holds latest-G_ema.safetensors, ckpt-*.pt)")
     parser.add_argument("--hardware", default="2-core x86_64 CPU (1 thread, bf16 autocast)",
                         help="what the training ran on, for the record")
     args = parser.parse_args(argv)
@@ -67,9 +48,10 @@ def main(argv=None) -> None:
         img = G(torch.randn(4, G.z_dim, generator=torch.Generator().manual_seed(0)), noise_mode="const")
     if not torch.isfinite(img).all():
         raise SystemExit(f"{export} renders non-finite images; not shipping it")
+    fit_latent_stats(G)  # stored in the file: upscale() with the default generator skips this fit
     os.makedirs(WEIGHTS, exist_ok=True)
     dst = os.path.join(WEIGHTS, "default.safetensors")
-    atomic_copy(export, dst)
+    save_generator(G, dst)
     with open(dst, "rb") as f:
         sha256 = hashlib.sha256(f.read()).hexdigest()
     info = {
@@ -82,7 +64,7 @@ def main(argv=None) -> None:
         "num_ws": G.num_ws,
         "parameters": sum(p.numel() for p in G.parameters()),
         "hardware": args.hardware,
-        **training_summary(os.path.join(args.run, "log.jsonl")),
+        **training_summary(args.run),
     }
     tmp = os.path.join(WEIGHTS, ".default.json.tmp")
     with open(tmp, "w") as f:

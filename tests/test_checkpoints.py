@@ -5,6 +5,7 @@ import io
 import json
 import os
 import pickle
+import stat
 import subprocess
 import sys
 
@@ -20,6 +21,8 @@ from fixtures_checkpoints import (TINY_CONFIG, images, rosinality_state_dict, ti
 from pulse_ext.checkpoints import (CheckpointError, UnsafeCheckpointError, UnsupportedArchitectureError,  # noqa: E402
                                    load_generator, read_checkpoint, save_generator)
 from pulse_ext.checkpoints._safe_pickle import safe_load_pickle  # noqa: E402
+
+from conftest import tiny_search_generator  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -200,6 +203,42 @@ def test_save_is_atomic_on_failure(G, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_generator(G, path)
     assert path.read_bytes() == b"old" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_safetensors_file_mode_follows_umask(G, tmp_path):
+    old = os.umask(0o027)
+    try:
+        save_generator(G, tmp_path / "g.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "g.safetensors").st_mode) == 0o640
+
+
+def test_safetensors_carries_pulse_latent_stats(tmp_path):
+    from pulse_ext.pulse import latent
+
+    G = tiny_search_generator(seed=11)
+    save_generator(G, tmp_path / "bare.safetensors")  # nothing fitted yet: nothing stored
+    assert read_checkpoint(tmp_path / "bare.safetensors").latent_stats == []
+    stats = latent.fit_latent_stats(G, 1500, seed=3)
+    save_generator(G, tmp_path / "g.safetensors")
+    assert [(r["num_samples"], r["seed"]) for r in read_checkpoint(tmp_path / "g.safetensors").latent_stats] \
+        == [(1500, 3)]
+    latent._STATS_CACHE.clear()  # a fresh process
+    loaded = load_generator(tmp_path / "g.safetensors")
+    loaded.mapping.forward = None  # fitting would fail: the stored statistics must be used
+    again = latent.fit_latent_stats(loaded, 1500, seed=3)
+    torch.testing.assert_close(again.mean, stats.mean, rtol=0, atol=0)
+    torch.testing.assert_close(again.std, stats.std, rtol=0, atol=0)
+
+
+def test_safetensors_with_corrupt_latent_stats_refused(G, tmp_path):
+    sd = {k: v.contiguous() for k, v in G.state_dict().items()}
+    safetensors.torch.save_file(sd, str(tmp_path / "bad.safetensors"),
+                                metadata={"format_version": "1", "pulse_ext_config": json.dumps(G.init_kwargs),
+                                          "pulse_ext_latent_stats": "{not json"})
+    with pytest.raises(CheckpointError, match="pulse_ext_latent_stats metadata is not valid JSON"):
+        load_generator(tmp_path / "bad.safetensors")
 
 
 def test_foreign_safetensors_refused(tmp_path):

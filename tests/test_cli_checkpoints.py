@@ -43,6 +43,17 @@ def test_convert_then_info(G, nvidia_pkl, tmp_path, capsys):
     assert "pulse_ext (converted from nvidia-pickle)" in text
     assert "16x16" in text and "num_ws          6" in text and "4:32  8:32  16:16" in text
     assert f"{sum(p.numel() for p in G.parameters()):,}" in text
+    assert "PULSE stats     100000 samples, seed 0" in text  # fitted at conversion, stored in the file
+
+
+def test_convert_without_latent_stats(nvidia_pkl, tmp_path, capsys):
+    from pulse_ext.pulse import latent
+
+    latent._STATS_CACHE.clear()  # as in a fresh process (an earlier test fitted these weights)
+    out = str(tmp_path / "g.safetensors")
+    assert main(["convert", nvidia_pkl, out, "--no-latent-stats"]) == 0
+    assert main(["info", "--json", out]) == 0
+    assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["pulse_latent_stats"] == []
 
 
 def test_info_json(G, tmp_path, capsys):

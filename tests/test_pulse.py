@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from pulse_ext.pulse import (PULSE, SphericalOptimizer, bicubic_downscale, bicubic_kernel, downscale_losses,
                              fit_latent_stats, geocross, latent_to_w, lr_factor, parse_loss, per_restart_loss,
                              project_to_sphere, restart_seed, sphere_radius)
+from pulse_ext.pulse import latent as latent_module
+from pulse_ext.pulse.latent import latent_stats_records, load_latent_stats_records, mapping_fingerprint
 from pulse_ext.pulse.losses import LossTerm
 
 from conftest import tiny_search_generator
@@ -173,11 +175,44 @@ def test_latent_stats_invert_the_mapping_lrelu(G):
         w = G.mapping(torch.randn(64, G.z_dim), None, skip_w_avg_update=True)[:, 0]
         torch.testing.assert_close(F.leaky_relu(F.leaky_relu(w, 5.0), 0.2), w)
         stats = fit_latent_stats(G, 4000, seed=1)
-        assert fit_latent_stats(G, 4000, seed=1) is stats  # cached
         x = F.leaky_relu(G.mapping(torch.randn(4000, G.z_dim), None, skip_w_avg_update=True)[:, 0], 5.0)
         torch.testing.assert_close(stats.mean, x.mean(0), atol=0.15, rtol=0)
         torch.testing.assert_close(stats.std, x.std(0), atol=0.15, rtol=0.1)
         assert latent_to_w(torch.zeros(1, 1, G.w_dim), stats, G.num_ws).shape == (1, G.num_ws, G.w_dim)
+
+
+def test_latent_stats_are_cached_per_mapping_weights(monkeypatch):
+    G = tiny_search_generator(seed=3)
+    stats = fit_latent_stats(G, 2000, seed=2)
+    calls = []
+    real_forward = G.mapping.forward
+    monkeypatch.setattr(G.mapping, "forward", lambda *a, **k: calls.append(1) or real_forward(*a, **k))
+    again = fit_latent_stats(G, 2000, seed=2)
+    assert not calls  # served from the cache
+    torch.testing.assert_close(again.mean, stats.mean, rtol=0, atol=0)
+    torch.testing.assert_close(again.std, stats.std, rtol=0, atol=0)
+    copy = tiny_search_generator(seed=3)  # the same weights in another module: same fingerprint
+    assert mapping_fingerprint(copy) == mapping_fingerprint(G)
+    with torch.no_grad():
+        G.mapping.fc0.weight.add_(0.5)  # changed weights: a stale fit must not be reused
+    assert mapping_fingerprint(G) != mapping_fingerprint(copy)
+    changed = fit_latent_stats(G, 2000, seed=2)
+    assert calls and not torch.equal(changed.mean, stats.mean)
+
+
+def test_latent_stats_records_round_trip_only_for_matching_weights():
+    G = tiny_search_generator(seed=4, dtype=torch.float64)
+    stats = fit_latent_stats(G, 1000, seed=5)
+    records = latent_stats_records(G)
+    assert [(r["num_samples"], r["seed"]) for r in records] == [(1000, 5)]
+    latent_module._STATS_CACHE.clear()
+    other = tiny_search_generator(seed=6, dtype=torch.float64)
+    assert load_latent_stats_records(other, records) == 0  # fitted for different weights
+    assert load_latent_stats_records(G, records) == 1
+    G.mapping.forward = None  # a fit would fail: the stored one must be used
+    loaded = fit_latent_stats(G, 1000, seed=5)
+    torch.testing.assert_close(loaded.mean, stats.mean, rtol=0, atol=0)  # exact through JSON
+    torch.testing.assert_close(loaded.std, stats.std, rtol=0, atol=0)
 
 
 def test_restart_seeds_are_distinct_and_stable():

@@ -185,6 +185,9 @@ def build_generator(checkpoint):
     G.eval().requires_grad_(False)
     if checkpoint.estimate_w_avg:
         G.mapping.w_avg.copy_(_estimate_w_avg(G))
+    if checkpoint.latent_stats:
+        from pulse_ext.pulse.latent import load_latent_stats_records
+        load_latent_stats_records(G, checkpoint.latent_stats)
     return G
 
 
@@ -198,14 +201,26 @@ def load_generator(path_or_name, *, device="cpu"):
     return build_generator(read_checkpoint(path_or_name)).to(torch.device(device))
 
 
-def convert_checkpoint(source, destination):
-    """Read ``source`` (any supported format) and write it as pulse_ext ``.safetensors``; returns the Generator."""
-    checkpoint = read_checkpoint(source)
+def write_converted(checkpoint, destination, *, latent_stats=True):
+    """Build ``checkpoint`` (a ConvertedCheckpoint) and save it as pulse_ext ``.safetensors``; returns the Generator.
+
+    latent_stats: also fit PULSE's mapping statistics (100k mapping passes, seconds on a CPU) and store
+    them in the file, so searches with it skip that fit (unconditional generators only).
+    """
     G = build_generator(checkpoint)
+    if latent_stats and not G.c_dim:
+        from pulse_ext.pulse.latent import fit_latent_stats
+        fit_latent_stats(G)
     save_generator(G, destination, source_format=checkpoint.origin)
     return G
 
 
+def convert_checkpoint(source, destination, *, latent_stats=True):
+    """Read ``source`` (any supported format) and write it as pulse_ext ``.safetensors``; returns the Generator.
+    See ``write_converted`` for ``latent_stats``."""
+    return write_converted(read_checkpoint(source), destination, latent_stats=latent_stats)
+
+
 __all__ = ["CheckpointError", "ConvertedCheckpoint", "DEFAULT_PATH", "UnsafeCheckpointError",
            "UnsupportedArchitectureError", "build_generator", "convert_checkpoint", "load_generator",
-           "read_checkpoint", "save_generator"]
+           "read_checkpoint", "save_generator", "write_converted"]

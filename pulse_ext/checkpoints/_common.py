@@ -29,6 +29,7 @@ class ConvertedCheckpoint:
     estimate_w_avg: the file has no average W; estimate it by mapping random z.
     notes: human-readable remarks about the conversion (shown by ``pulse-ext info``).
     origin: the format the weights first came from (differs from source_format for converted files).
+    latent_stats: PULSE mapping-statistics fits stored with the weights (pulse_ext files only).
     """
 
     config: dict
@@ -38,6 +39,7 @@ class ConvertedCheckpoint:
     estimate_w_avg: bool = False
     notes: list = dataclasses.field(default_factory=list)
     origin: str = ""
+    latent_stats: list = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
         self.origin = self.origin or self.source_format

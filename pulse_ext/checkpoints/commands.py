@@ -2,7 +2,7 @@
 import json
 import os
 
-from pulse_ext.checkpoints import build_generator, read_checkpoint, save_generator
+from pulse_ext.checkpoints import build_generator, read_checkpoint, write_converted
 
 
 def describe_generator(G, checkpoint, path):
@@ -21,6 +21,8 @@ def describe_generator(G, checkpoint, path):
         "channels": {str(res): ch for res, ch in G.synthesis.channels_dict.items()},
         "parameters": sum(p.numel() for p in G.parameters()),
         "config": G.init_kwargs,
+        "pulse_latent_stats": [f"{r.get('num_samples')} samples, seed {r.get('seed')}"
+                               for r in checkpoint.latent_stats],
         "notes": list(checkpoint.notes),
     }
 
@@ -45,6 +47,8 @@ def _run_info(args):
     print(f"mapping layers  {info['mapping_layers']} (lr_multiplier {info['mapping_lr_multiplier']})")
     print(f"channels        {channels}  (resolution:channels)")
     print(f"parameters      {info['parameters']:,}")
+    stored = "; ".join(info["pulse_latent_stats"]) or "none stored (fitted when a search starts)"
+    print(f"PULSE stats     {stored}")
     for note in info["notes"]:
         print(f"note            {note}")
     return 0
@@ -54,6 +58,9 @@ def _add_convert_arguments(parser):
     parser.add_argument("input", help="checkpoint to convert (NVIDIA .pkl, rosinality .pt, pulse_ext .safetensors)")
     parser.add_argument("output", help="where to write the pulse_ext .safetensors file")
     parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    parser.add_argument("--no-latent-stats", action="store_true",
+                        help="do not fit and store PULSE's mapping statistics (100k mapping passes; stored, they "
+                             "save that fit on every later search with this file)")
 
 
 def _run_convert(args):
@@ -67,8 +74,7 @@ def _run_convert(args):
     if not os.path.isdir(out_dir):
         raise UsageError(f"output directory does not exist: {out_dir}")
     checkpoint = read_checkpoint(args.input)
-    G = build_generator(checkpoint)
-    save_generator(G, args.output, source_format=checkpoint.origin)
+    G = write_converted(checkpoint, args.output, latent_stats=not args.no_latent_stats)
     params = sum(p.numel() for p in G.parameters())
     print(f"wrote {args.output} ({G.img_resolution}px generator, {params:,} parameters, "
           f"from {checkpoint.describe_source()})")
