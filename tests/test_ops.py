@@ -102,6 +102,23 @@ def test_noise_bias_act_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda x, nz, s, b: ops.noise_bias_act(x, nz, s, b, impl="fused"), shared)
 
 
+@pytest.mark.parametrize("needs_grad", ["x", "strength", "noise+bias", "all"])
+def test_noise_bias_act_grads_for_a_subset_of_inputs(needs_grad):
+    # Absent inputs (demod None here) have no autograd edge: each gradient must still reach its own input.
+    x, noise_t, strength, bias, _ = make_nba_inputs(3, 5, 4, 6, "per_sample", False, "cpu")
+    wanted = {"x": [0], "strength": [2], "noise+bias": [1, 3], "all": [0, 1, 2, 3]}[needs_grad]
+    results = []
+    for impl in ("fused", "reference"):
+        inputs = [t.clone().requires_grad_(i in wanted) for i, t in enumerate((x, noise_t, strength, bias))]
+        y = ops.noise_bias_act(*inputs, clamp=1.5, impl=impl)
+        grads = torch.autograd.grad((y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum(),
+                                    [inputs[i] for i in wanted])
+        results.append(grads)
+    for i, fused, ref in zip(wanted, *results):
+        assert fused.shape == ref.shape, f"input {i}"
+        torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-5, msg=lambda m: f"grad of input {i}: {m}")
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_noise_bias_act_opcheck(device):
     x, noise_t, strength, bias, demod_t = make_nba_inputs(2, 3, 5, 4, "per_sample", True, device)
@@ -151,6 +168,16 @@ def test_area_downscale_loss_only_l2_used():
     img_r, target_r = leaves(img, target)
     reference.area_downscale_loss(img_r, target_r)[0].sum().backward()
     torch.testing.assert_close(img.grad, img_r.grad, **ELEMENTWISE_TOL)
+
+
+def test_area_downscale_loss_grad_of_target_only():
+    img, target = torch.rand(3, 2, 8, 8), torch.rand(1, 2, 4, 4)
+    grads = []
+    for impl in ("fused", "reference"):
+        t = target.clone().requires_grad_()
+        l2, l1 = ops.area_downscale_loss(img, t, impl=impl)
+        grads.append(torch.autograd.grad((l2 + 0.5 * l1).sum(), t)[0])
+    torch.testing.assert_close(grads[0], grads[1], **ELEMENTWISE_TOL)
 
 
 def test_area_downscale_loss_gradcheck_float64():

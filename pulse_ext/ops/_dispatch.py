@@ -35,10 +35,14 @@ def use_fused(impl: str, op_name: str, *tensors: torch.Tensor | None) -> bool:
     return False
 
 
-def check(condition: bool, message: str) -> None:
-    """Raise ValueError(message) when condition is false (argument validation)."""
+def check(condition: bool, message) -> None:
+    """Raise ValueError(message) when condition is false (argument validation).
+
+    message: a str, or a zero-argument callable returning it, so that per-call validation on hot paths
+    does not format messages that are almost never shown (a few microseconds per op call).
+    """
     if not condition:
-        raise ValueError(message)
+        raise ValueError(message() if callable(message) else message)
 
 
 def register_fake(qualname: str):

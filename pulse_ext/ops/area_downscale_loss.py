@@ -5,22 +5,24 @@ from typing import Tuple
 
 import torch
 
-from pulse_ext import _extension
 from pulse_ext.ops import reference
 from pulse_ext.ops._dispatch import check, register_fake as _register_fake, use_fused
 
 
 def _validate(img: torch.Tensor, target: torch.Tensor) -> None:
-    check(img.dim() == 4, f"area_downscale_loss: img must be [N, C, H, W], got shape {list(img.shape)}")
-    check(target.dim() == 4, f"area_downscale_loss: target must be [1 or N, C, h, w], got shape {list(target.shape)}")
+    check(img.dim() == 4, lambda: f"area_downscale_loss: img must be [N, C, H, W], got shape {list(img.shape)}")
+    check(target.dim() == 4,
+          lambda: f"area_downscale_loss: target must be [1 or N, C, h, w], got shape {list(target.shape)}")
     n, c, hh, ww = img.shape
     tn, tc, h, w = target.shape
     check(tn in (1, n) and tc == c,
-          f"area_downscale_loss: target must be [1 or N, C, h, w] with N={n}, C={c}, got {list(target.shape)}")
+          lambda: f"area_downscale_loss: target must be [1 or N, C, h, w] with N={n}, C={c}, got {list(target.shape)}")
     check(h > 0 and w > 0 and hh % h == 0 and ww % w == 0,
-          f"area_downscale_loss: the target size {h}x{w} must divide the image size {hh}x{ww}")
-    check(target.device == img.device, f"area_downscale_loss: target is on {target.device} but img is on {img.device}")
-    check(target.dtype == img.dtype, f"area_downscale_loss: target has dtype {target.dtype} but img has {img.dtype}")
+          lambda: f"area_downscale_loss: the target size {h}x{w} must divide the image size {hh}x{ww}")
+    check(target.device == img.device,
+          lambda: f"area_downscale_loss: target is on {target.device} but img is on {img.device}")
+    check(target.dtype == img.dtype,
+          lambda: f"area_downscale_loss: target has dtype {target.dtype} but img has {img.dtype}")
 
 
 @_register_fake("pulse_ext::area_downscale_loss")
@@ -36,34 +38,7 @@ def _area_downscale_loss_backward_fake(grad_l2, grad_l1, diff, img_height, img_w
     return diff.new_empty((n, c, img_height, img_width))
 
 
-def _setup_context(ctx, inputs, output):
-    img, target = inputs
-    _, _, diff = output
-    ctx.save_for_backward(diff)
-    ctx.img_size = tuple(img.shape[-2:])
-    ctx.target_batch = target.shape[0]
-    ctx.mark_non_differentiable(diff)
-
-
-def _backward(ctx, grad_l2, grad_l1, _grad_diff):
-    (diff,) = ctx.saved_tensors
-    if grad_l2 is None:
-        grad_l2 = diff.new_zeros(diff.shape[0])
-    if grad_l1 is None:
-        grad_l1 = diff.new_zeros(diff.shape[0])
-    grad_img = grad_target = None
-    if ctx.needs_input_grad[0]:
-        grad_img = torch.ops.pulse_ext.area_downscale_loss_backward(grad_l2, grad_l1, diff, *ctx.img_size)
-    if ctx.needs_input_grad[1]:
-        # d loss / d target = -(d loss / d downscaled image): tiny (low resolution), so plain torch.
-        m = diff[0].numel()
-        grad_ds = (2.0 * diff * grad_l2.reshape(-1, 1, 1, 1) + diff.sign() * grad_l1.reshape(-1, 1, 1, 1)) / m
-        grad_target = -grad_ds.sum(dim=0, keepdim=True) if ctx.target_batch == 1 else -grad_ds
-    return grad_img, grad_target
-
-
-if _extension.is_loaded():
-    torch.library.register_autograd("pulse_ext::area_downscale_loss", _backward, setup_context=_setup_context)
+# Autograd: registered in C++ (csrc/autograd.cpp), where a forward+backward costs no Python.
 
 
 def area_downscale_loss(img: torch.Tensor, target: torch.Tensor, *, impl: str = "auto") -> Tuple[torch.Tensor, torch.Tensor]:

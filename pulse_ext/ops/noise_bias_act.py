@@ -6,28 +6,29 @@ from typing import Optional
 
 import torch
 
-from pulse_ext import _extension
 from pulse_ext.ops import reference
 from pulse_ext.ops._dispatch import check, is_cpu_channels_last, register_fake as _register_fake, use_fused
 
 
 def _validate(x, noise, noise_strength, bias, demod) -> None:
-    check(x.dim() == 4, f"noise_bias_act: x must be [N, C, H, W], got shape {list(x.shape)}")
+    check(x.dim() == 4, lambda: f"noise_bias_act: x must be [N, C, H, W], got shape {list(x.shape)}")
     n, c, h, w = x.shape
     if demod is not None:
-        check(demod.shape == (n, c), f"noise_bias_act: demod must be [N, C]={[n, c]}, got {list(demod.shape)}")
+        check(demod.shape == (n, c),
+              lambda: f"noise_bias_act: demod must be [N, C]={[n, c]}, got {list(demod.shape)}")
     if noise is not None:
         check(noise.dim() == 4 and noise.shape[0] in (1, n) and noise.shape[1] == 1 and noise.shape[2:] == (h, w),
-              f"noise_bias_act: noise must be [1 or N, 1, H, W]=[1 or {n}, 1, {h}, {w}], got {list(noise.shape)}")
+              lambda: f"noise_bias_act: noise must be [1 or N, 1, H, W]=[1 or {n}, 1, {h}, {w}], "
+                      f"got {list(noise.shape)}")
     if noise_strength is not None:
         check(noise_strength.numel() == 1,
-              f"noise_bias_act: noise_strength must be a scalar, got shape {list(noise_strength.shape)}")
+              lambda: f"noise_bias_act: noise_strength must be a scalar, got shape {list(noise_strength.shape)}")
     if bias is not None:
-        check(bias.shape == (c,), f"noise_bias_act: bias must be [C]=[{c}], got {list(bias.shape)}")
+        check(bias.shape == (c,), lambda: f"noise_bias_act: bias must be [C]=[{c}], got {list(bias.shape)}")
     for name, t in (("demod", demod), ("noise", noise), ("noise_strength", noise_strength), ("bias", bias)):
         if t is not None:
-            check(t.device == x.device, f"noise_bias_act: {name} is on {t.device} but x is on {x.device}")
-            check(t.dtype == x.dtype, f"noise_bias_act: {name} has dtype {t.dtype} but x has {x.dtype}")
+            check(t.device == x.device, lambda: f"noise_bias_act: {name} is on {t.device} but x is on {x.device}")
+            check(t.dtype == x.dtype, lambda: f"noise_bias_act: {name} has dtype {t.dtype} but x has {x.dtype}")
 
 
 def _layout(x):
@@ -48,22 +49,7 @@ def _noise_bias_act_backward_fake(grad, y, x, demod, noise, noise_strength, bias
     return (torch.empty_like(x, memory_format=_layout(x)), like(demod), like(noise), like(noise_strength), like(bias))
 
 
-def _setup_context(ctx, inputs, output):
-    x, demod, noise, noise_strength, bias, slope, gain, clamp = inputs
-    ctx.save_for_backward(output, x, demod, noise, noise_strength, bias)
-    ctx.params = (slope, gain, clamp)
-
-
-def _backward(ctx, grad):
-    y, x, demod, noise, noise_strength, bias = ctx.saved_tensors
-    grads = torch.ops.pulse_ext.noise_bias_act_backward(grad, y, x, demod, noise, noise_strength, bias, *ctx.params)
-    inputs = (x, demod, noise, noise_strength, bias)
-    out = [g if t is not None and ctx.needs_input_grad[i] else None for i, (g, t) in enumerate(zip(grads, inputs))]
-    return (*out, None, None, None)
-
-
-if _extension.is_loaded():
-    torch.library.register_autograd("pulse_ext::noise_bias_act", _backward, setup_context=_setup_context)
+# Autograd: registered in C++ (csrc/autograd.cpp), where a forward+backward costs no Python.
 
 
 def noise_bias_act(x: torch.Tensor, noise: Optional[torch.Tensor] = None,
