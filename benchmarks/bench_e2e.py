@@ -3,7 +3,7 @@
     python benchmarks/bench_e2e.py [--device cpu|cuda] [--threads N] [--sizes 64,256,1024]
         [--restarts 1,8,32,64] [--paths fused,reference,grouped] [--steps N] [--max-step-seconds S]
     python benchmarks/bench_e2e.py --study      # CPU loop optimisations on/off -> e2e-<device>-loop.*
-    python benchmarks/bench_e2e.py --progressive  # search_resolution speed/error -> e2e-<device>-progressive.*
+    python benchmarks/bench_e2e.py --progressive  # search_resolution / bf16 speed and error -> e2e-progressive-<device>.*
 
 One step = what ``PULSE.search`` runs per iteration: synthesis forward from W+ latents (no mapping),
 area-downscale L2 (+ GEOCROSS), backward wrt the latents and the trainable noise maps, spherical Adam
@@ -128,18 +128,6 @@ def _channels_last_hooks(G):
     return [m.register_forward_pre_hook(pre) for m in G.modules() if isinstance(m, (SynthesisLayer, ToRGBLayer))]
 
 
-def _bf16_hooks(G):
-    """Under autocast the style affines give bf16 but the const input stays fp32, which the ops refuse:
-    cast every modulated conv's input to bf16 (the latents, noise and optimiser stay fp32)."""
-    from pulse_ext.stylegan2.networks import SynthesisLayer, ToRGBLayer
-
-    def pre(module, args):
-        return (args[0].to(torch.bfloat16),) + tuple(args[1:])
-
-    hooks = [m.register_forward_pre_hook(pre) for m in G.modules() if isinstance(m, (SynthesisLayer, ToRGBLayer))]
-    return hooks + [G.synthesis.register_forward_hook(lambda module, args, out: out.float())]  # loss in fp32
-
-
 def run_config(cfg: dict) -> dict:
     """Time one (size, restarts, path, variant) in this process; returns a result row."""
     from grouped_modconv import patch_generator
@@ -164,8 +152,6 @@ def run_config(cfg: dict) -> dict:
         patch_generator(G)
     if "channels_last" in variant:
         _channels_last_hooks(G)
-    if "bf16" in variant:
-        _bf16_hooks(G)
     if cfg.get("generator"):
         stats = None  # fitted (cached per process) on the real generator
     else:
@@ -178,14 +164,12 @@ def run_config(cfg: dict) -> dict:
         target = image_to_tensor(cfg["target"])
     options = dict(eps=cfg.get("eps", 0.0), impl=impl, latent_stats=stats, stats_samples=20_000,
                    sync_every=1 if "sync1" in variant else 5)
+    if "bf16" in variant:  # bf16 convolutions, then one fp32 render (no refinement: eps=0 here)
+        options.update(precision="bf16", refine_steps=0)
     options.update(cfg.get("options", {}))
 
     def search(steps):
-        searcher = PULSE(G, steps=steps, **options)
-        if "bf16" in variant:
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                return searcher.search(target, restarts=r, seed=0)
-        return searcher.search(target, restarts=r, seed=0)
+        return PULSE(G, steps=steps, **options).search(target, restarts=r, seed=0)
 
     row["base_rss_MB"] = rss_mb()
     try:
@@ -214,6 +198,7 @@ def run_config(cfg: dict) -> dict:
                                   w_dim=G.w_dim)
     row["TFLOPs"] = step_flops * r / row["s_per_step"] / 1e12
     row["best_l2"] = float(result.l2.min())
+    row["converged"] = int(result.converged.sum())
     row["status"] = "ok"
     if cfg.get("save"):
         torch.save({"images": result.images.cpu(), "l2": result.l2.cpu()}, cfg["save"])
@@ -366,10 +351,9 @@ def main_study(args, device):
         r = args.restarts[0] if args.restarts_given else (8 if size <= 64 else 1)
         gen = DEFAULT_GENERATOR_64 if size == 64 and os.path.exists(DEFAULT_GENERATOR_64) else None
         for path in ("fused", "reference"):
-            variants = ["base", "mallopt", "sync1", "channels_last"] + (["bf16", "bf16+mallopt"] if path == "reference" else [])
+            variants = ["base", "mallopt", "sync1", "channels_last", "bf16"]
             if args.study_variants:
-                variants = ["base"] + [v for v in args.study_variants.split(",") if v != "base" and
-                                       (path == "reference" or "bf16" not in v)]
+                variants = ["base"] + [v for v in args.study_variants.split(",") if v != "base"]
             base_images = None
             for variant in variants:
                 save = f"/tmp/bench-e2e-{size}-{path}-{variant}.pt"
@@ -394,8 +378,9 @@ def main_study(args, device):
              f"speedup_vs_base = s_per_step(base) / s_per_step(variant). mallopt: M_MMAP_MAX=0 + M_TRIM_THRESHOLD=2^31-1 "
              f"via ctypes at process start. sync1: sync_every=1 (one host read per step) vs the default 5. "
              f"channels_last: activations converted to channels_last before every modulated conv. bf16: "
-             f"torch.autocast(bfloat16) around the search (reference path only: the fused kernels are fp32/fp64); "
-             f"best_l2 / max_img_diff_vs_base compare the search result with the fp32 base run.")
+             f"PULSE(precision='bf16'): the 3x3 convolutions in bfloat16, then one fp32 render of the results "
+             f"(included in s_per_step); best_l2 / max_img_diff_vs_base compare the search result with the fp32 "
+             f"base run.")
     path = write_results("e2e-loop" + (f"-{args.tag}" if args.tag else ""), device, rows, columns, notes)
     print("wrote", path)
 
@@ -403,7 +388,10 @@ def main_study(args, device):
 def main_progressive(args, device):
     """Full-resolution search vs search_resolution=s (+ a short full-resolution check/refinement)."""
     rows = []
-    plans = {64: [None, 32, 16], 256: [None, 64, 32], 1024: [None, 256, 128]}
+    # (search_resolution or None, precision); the first is the full-resolution fp32 baseline.
+    plans = {64: [(None, "fp32"), (None, "bf16"), (32, "fp32"), (16, "fp32"), (32, "bf16")],
+             256: [(None, "fp32"), (None, "bf16"), (64, "fp32"), (32, "fp32")],
+             1024: [(None, "fp32"), (None, "bf16"), (256, "fp32"), (128, "fp32")]}
     sizes = args.sizes if args.sizes_given else [64, 256]
     for size in sizes:
         gen = DEFAULT_GENERATOR_64 if size == 64 and os.path.exists(DEFAULT_GENERATOR_64) else None
@@ -411,28 +399,31 @@ def main_progressive(args, device):
         steps = args.steps if args.steps_given else (100 if size <= 64 else 20)
         target = os.path.join(HERE, "..", "examples", "astronaut16.png") if gen else None
         base = None
-        for sres in plans.get(size, [None, size // 2]):
-            options = {} if sres is None else dict(search_resolution=sres, refine_steps=args.refine_steps)
+        for sres, precision in plans.get(size, [(None, "fp32"), (None, "bf16"), (size // 2, "fp32")]):
+            staged = sres is not None or precision != "fp32"
+            options = dict(search_resolution=sres, precision=precision,
+                           refine_steps=args.refine_steps if staged else 0)
             cfg = dict(device=str(device), threads=args.threads, size=size, restarts=r, path="fused", steps=steps,
                        generator=gen, target=target, eps=2e-3, options=options, check=False,
                        variant="mallopt" if args.variant == "mallopt" else "")
             row = run_isolated(cfg, timeout=args.timeout)
-            row.update(search_resolution=sres or size, generator="default64 export" if gen else "random",
-                       refine_steps=0 if sres is None else args.refine_steps)
+            row.update(search_resolution=sres or size, precision=precision,
+                       generator="default64 export" if gen else "random", refine_steps=options["refine_steps"])
             if row.get("status") == "ok":
                 row["search_s"] = row["s_per_step"] * row["steps"]
-                if sres is None:
+                if not staged:
                     base = row
                 elif base:
                     row["speedup_vs_full"] = base["search_s"] / row["search_s"]
                     row["full_best_l2"] = base["best_l2"]
             rows.append(row)
             print({k: (float(f'{v:.4g}') if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
-    columns = ["size", "R", "search_resolution", "refine_steps", "status", "steps", "search_s", "speedup_vs_full",
-               "best_l2", "full_best_l2", "threads", "generator"]
+    columns = ["size", "R", "search_resolution", "precision", "refine_steps", "status", "steps", "search_s",
+               "speedup_vs_full", "best_l2", "full_best_l2", "converged", "threads", "generator"]
     notes = ("Fused path, eps=2e-3 (converged restarts leave the batch), same seeds. search_s = whole search loop "
-             "(low-resolution phase + full-resolution check/refinement); best_l2 = the best restart's L2 of the "
-             "FULL-resolution image, area-downscaled, against the target. Random-weight generators (256, 1024) do "
+             "(cheaper phase at search_resolution and/or bf16 convolutions + the full-resolution fp32 "
+             "check/refinement); best_l2 = the best restart's L2 of the FULL-resolution fp32 image, "
+             "area-downscaled, against the target; converged = restarts (of R) whose final fp32 L2 meets eps. Random-weight generators (256, 1024) do "
              "not make faces: their L2 says how well the search fits a random 16x16 target, not image quality.")
     path = write_results("e2e-progressive", device, rows, columns, notes)
     print("wrote", path)
@@ -456,7 +447,8 @@ def main(argv=None):
     parser.add_argument("--no-cli", dest="cli", action="store_false", help="CPU: skip timing the pulse-ext command")
     parser.add_argument("--tag", default="", help="results name suffix: e2e-<tag>-<device>")
     parser.add_argument("--study", action="store_true", help="loop optimisations on/off (e2e-loop-<device>)")
-    parser.add_argument("--progressive", action="store_true", help="search_resolution study (e2e-progressive-<device>)")
+    parser.add_argument("--progressive", action="store_true",
+                        help="search_resolution and precision='bf16' study (e2e-progressive-<device>)")
     parser.add_argument("--study-variants", default="", help="--study: variants to compare with base (comma list)")
     parser.add_argument("--refine-steps", type=int, default=10)
     parser.add_argument("--worker", help=argparse.SUPPRESS)

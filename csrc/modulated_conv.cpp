@@ -16,8 +16,25 @@ namespace {
 
 constexpr const char* kOp = "modulated_conv2d";
 
+// The convolution (or 1x1 product) may run in a narrower dtype than the activations (conv_dtype,
+// e.g. bfloat16: oneDNN and cuDNN accumulate in fp32 and round the result): its operands are cast
+// down right before it and its result cast back right after, so every kernel of ours (style scaling,
+// FIR, demodulation) still runs in x's dtype.
+using ConvDtype = std::optional<at::ScalarType>;
+
+at::Tensor to_conv(const at::Tensor& t, ConvDtype conv_dtype) {
+  return conv_dtype && *conv_dtype != t.scalar_type() ? t.to(*conv_dtype) : t;
+}
+
+at::Tensor from_conv(const at::Tensor& t, const at::Tensor& like) {
+  return t.scalar_type() != like.scalar_type() ? t.to(like.scalar_type()) : t;
+}
+
 void check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& styles,
-                  const std::optional<at::Tensor>& demod, int64_t up, int64_t padding) {
+                  const std::optional<at::Tensor>& demod, int64_t up, int64_t padding, ConvDtype conv_dtype) {
+  if (conv_dtype)
+    TORCH_CHECK(at::isFloatingType(*conv_dtype), kOp, ": conv_dtype must be a floating-point dtype, got ",
+                *conv_dtype);
   TORCH_CHECK(x.dim() == 4, kOp, ": x must be [N, Cin, H, W], got ", x.sizes());
   TORCH_CHECK(weight.dim() == 4 && weight.size(2) == weight.size(3), kOp, ": weight must be [Cout, Cin, k, k], got ",
               weight.sizes());
@@ -59,11 +76,13 @@ void scale_channels(const at::Tensor& x, const at::Tensor& scale, at::Tensor& ou
 
 // The device-generic form on NCHW tensors (x_c, styles_c and demod_c contiguous): the backend's
 // convolution on the style-scaled input, with our kernels for the scaling, FIR and demodulation.
+// The implicit-GEMM kernel computes in x's dtype, so a conv_dtype sends CUDA calls to cuDNN.
 at::Tensor modulated_conv2d_generic(const at::Tensor& x_c, const at::Tensor& weight, const at::Tensor& styles_c,
-                                    const std::optional<at::Tensor>& demod_c, int64_t up, int64_t padding) {
+                                    const std::optional<at::Tensor>& demod_c, int64_t up, int64_t padding,
+                                    ConvDtype conv_dtype) {
   const at::Tensor& x = x_c;
 #ifdef PULSE_EXT_WITH_CUDA
-  if (up == 1 && x.is_cuda() && use_cuda_igemm()) {
+  if (up == 1 && x.is_cuda() && !conv_dtype && use_cuda_igemm()) {
     const at::Tensor weight_c = weight.contiguous();
     const int64_t k = weight.size(2), ho = x.size(2) + 2 * padding - k + 1, wo = x.size(3) + 2 * padding - k + 1;
     at::Tensor y = at::empty({x.size(0), weight.size(0), ho, wo}, x.options());
@@ -81,14 +100,18 @@ at::Tensor modulated_conv2d_generic(const at::Tensor& x_c, const at::Tensor& wei
   at::Tensor xs = at::empty_like(x_c);
   if (x.numel() > 0) scale_channels(x_c, styles_c, xs);
   if (up == 1) {
-    at::Tensor y = at::convolution(xs, weight, std::nullopt, {1, 1}, {padding, padding}, {1, 1}, false, {0, 0}, 1)
+    at::Tensor y = from_conv(at::convolution(to_conv(xs, conv_dtype), to_conv(weight, conv_dtype), std::nullopt,
+                                             {1, 1}, {padding, padding}, {1, 1}, false, {0, 0}, 1),
+                             x)
                        .contiguous();
     if (demod_c && y.numel() > 0) scale_channels(y, *demod_c, y);
     return y;
   }
   // up=2: stride-2 transposed convolution to [2H+1, 2W+1], then the FIR filter (x demod) to [2H, 2W].
-  const at::Tensor t =
-      at::convolution(xs, weight.transpose(0, 1), std::nullopt, {2, 2}, {0, 0}, {1, 1}, true, {0, 0}, 1).contiguous();
+  const at::Tensor t = from_conv(at::convolution(to_conv(xs, conv_dtype), to_conv(weight, conv_dtype).transpose(0, 1),
+                                                 std::nullopt, {2, 2}, {0, 0}, {1, 1}, true, {0, 0}, 1),
+                                 x)
+                           .contiguous();
   at::Tensor y = at::empty({x.size(0), weight.size(0), t.size(2) - 1, t.size(3) - 1}, x.options());
   if (y.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fir_upsample", [&] {
@@ -100,7 +123,8 @@ at::Tensor modulated_conv2d_generic(const at::Tensor& x_c, const at::Tensor& wei
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_generic(
     const at::Tensor& grad, const at::Tensor& y, const at::Tensor& x_c, const at::Tensor& weight,
-    const at::Tensor& styles_c, const std::optional<at::Tensor>& demod_c, int64_t up, int64_t padding) {
+    const at::Tensor& styles_c, const std::optional<at::Tensor>& demod_c, int64_t up, int64_t padding,
+    ConvDtype conv_dtype) {
   const at::Tensor& x = x_c;
   const at::Tensor y_c = y.contiguous();
   at::Tensor grad_c = grad.contiguous();
@@ -119,10 +143,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_generic
     }
     grad_c = grad_pre;
   }
+  // The convolution's data gradient reads only the input's shape, layout and dtype.
+  const at::Tensor input_like = at::empty(x.sizes(), x.options().dtype(conv_dtype.value_or(x.scalar_type())));
+  const at::Tensor weight_c = to_conv(weight, conv_dtype);
   at::Tensor grad_xs;
   if (up == 1) {
-    grad_xs = std::get<0>(at::convolution_backward(grad_c, x_c, weight, std::nullopt, {1, 1}, {padding, padding}, {1, 1},
-                                                   false, {0, 0}, 1, {true, false, false}));
+    grad_xs = std::get<0>(at::convolution_backward(to_conv(grad_c, conv_dtype), input_like, weight_c, std::nullopt,
+                                                   {1, 1}, {padding, padding}, {1, 1}, false, {0, 0}, 1,
+                                                   {true, false, false}));
   } else {
     at::Tensor grad_t = at::empty({grad_c.size(0), grad_c.size(1), grad_c.size(2) + 1, grad_c.size(3) + 1}, x.options());
     if (grad_t.numel() > 0) {
@@ -131,10 +159,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_generic
                            grad_t.data_ptr<scalar_t>(), grad_t.size(0) * grad_t.size(1), grad_t.size(2), grad_t.size(3));
       });
     }
-    grad_xs = std::get<0>(at::convolution_backward(grad_t, x_c, weight.transpose(0, 1), std::nullopt, {2, 2}, {0, 0},
-                                                   {1, 1}, true, {0, 0}, 1, {true, false, false}));
+    grad_xs = std::get<0>(at::convolution_backward(to_conv(grad_t, conv_dtype), input_like, weight_c.transpose(0, 1),
+                                                   std::nullopt, {2, 2}, {0, 0}, {1, 1}, true, {0, 0}, 1,
+                                                   {true, false, false}));
   }
-  grad_xs = grad_xs.contiguous();
+  grad_xs = from_conv(grad_xs, x).contiguous();
   at::Tensor grad_x = at::empty_like(x_c);
   at::Tensor grad_styles = at::zeros_like(styles_c);
   if (x.numel() > 0) {
@@ -184,11 +213,16 @@ at::Tensor as_channels_last(const at::Tensor& t3, int64_t h, int64_t w) {
 }
 
 at::Tensor modulated_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& styles,
-                                const std::optional<at::Tensor>& demod, int64_t up, int64_t padding) {
+                                const std::optional<at::Tensor>& demod, int64_t up, int64_t padding,
+                                ConvDtype conv_dtype) {
   const int64_t n = x.size(0), cin = x.size(1), cout = weight.size(0), h = x.size(2), w = x.size(3);
   if (is_pointwise(weight, up, padding)) {
-    if (!is_cpu_channels_last(x)) return modulated_conv2d_generic(x.contiguous(), weight, styles, demod, up, padding);
-    at::Tensor y = as_channels_last(at::bmm(pixels_by_channels(x), per_sample_pointwise_weight(weight, styles).transpose(1, 2)), h, w);
+    if (!is_cpu_channels_last(x))
+      return modulated_conv2d_generic(x.contiguous(), weight, styles, demod, up, padding, conv_dtype);
+    const at::Tensor product =
+        at::bmm(to_conv(pixels_by_channels(x), conv_dtype),
+                to_conv(per_sample_pointwise_weight(weight, styles).transpose(1, 2), conv_dtype));
+    at::Tensor y = as_channels_last(from_conv(product, x), h, w);
     if (demod) y.mul_(demod->reshape({n, cout, 1, 1}));
     return y;
   }
@@ -198,13 +232,18 @@ at::Tensor modulated_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, c
     cpu::scale_channels_nhwc<scalar_t>(x_nhwc.const_data_ptr<scalar_t>(), styles.const_data_ptr<scalar_t>(),
                                        xs.data_ptr<scalar_t>(), n, cin, h * w);
   });
+  const at::Tensor xs_conv = to_conv(xs, conv_dtype), weight_conv = to_conv(weight, conv_dtype);
   if (up == 1) {
-    at::Tensor y = at::convolution(xs, weight, std::nullopt, {1, 1}, {padding, padding}, {1, 1}, false, {0, 0}, 1)
+    at::Tensor y = from_conv(at::convolution(xs_conv, weight_conv, std::nullopt, {1, 1}, {padding, padding}, {1, 1},
+                                             false, {0, 0}, 1),
+                             x)
                        .contiguous(kChannelsLast);
     if (demod) y.mul_(demod->reshape({n, cout, 1, 1}));
     return y;
   }
-  const at::Tensor t = at::convolution(xs, weight.transpose(0, 1), std::nullopt, {2, 2}, {0, 0}, {1, 1}, true, {0, 0}, 1)
+  const at::Tensor t = from_conv(at::convolution(xs_conv, weight_conv.transpose(0, 1), std::nullopt, {2, 2}, {0, 0},
+                                                 {1, 1}, true, {0, 0}, 1),
+                                 x)
                            .contiguous(kChannelsLast);
   at::Tensor y = at::empty({n, cout, t.size(2) - 1, t.size(3) - 1}, x.options().memory_format(kChannelsLast));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fir_upsample_nhwc", [&] {
@@ -216,11 +255,12 @@ at::Tensor modulated_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, c
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_cpu(
     const at::Tensor& grad, const at::Tensor& y, const at::Tensor& x, const at::Tensor& weight,
-    const at::Tensor& styles, const std::optional<at::Tensor>& demod, int64_t up, int64_t padding) {
+    const at::Tensor& styles, const std::optional<at::Tensor>& demod, int64_t up, int64_t padding,
+    ConvDtype conv_dtype) {
   const int64_t n = x.size(0), cin = x.size(1), cout = weight.size(0), h = x.size(2), w = x.size(3);
   const bool pointwise = is_pointwise(weight, up, padding);
   if (pointwise && !is_cpu_channels_last(x))
-    return modulated_conv2d_backward_generic(grad, y, x.contiguous(), weight, styles, demod, up, padding);
+    return modulated_conv2d_backward_generic(grad, y, x.contiguous(), weight, styles, demod, up, padding, conv_dtype);
   at::Tensor g = grad.contiguous(kChannelsLast);
   at::Tensor grad_demod = at::empty({0}, x.options());
   if (demod) {
@@ -231,27 +271,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_cpu(
   const at::Tensor x_nhwc = x.contiguous(kChannelsLast);
   if (pointwise) {
     const at::Tensor g3 = pixels_by_channels(g), x3 = pixels_by_channels(x_nhwc);
-    at::Tensor grad_x = as_channels_last(at::bmm(g3, per_sample_pointwise_weight(weight, styles)), h, w);
-    // grad_s[n, i] = sum_o weight[o, i] * sum_p grad[n, o, p] x[n, i, p]
+    at::Tensor grad_x = as_channels_last(
+        from_conv(at::bmm(to_conv(g3, conv_dtype), to_conv(per_sample_pointwise_weight(weight, styles), conv_dtype)), x),
+        h, w);
+    // grad_s[n, i] = sum_o weight[o, i] * sum_p grad[n, o, p] x[n, i, p] (a reduction over pixels: kept in x's dtype)
     at::Tensor grad_styles = (at::bmm(g3.transpose(1, 2), x3) * weight.reshape({1, cout, cin})).sum(1);
     return {grad_x, grad_styles, grad_demod};
   }
-  // The convolution's data gradient reads only the input's shape and layout.
-  const at::Tensor input_like = at::empty(x.sizes(), x.options().memory_format(kChannelsLast));
+  // The convolution's data gradient reads only the input's shape, layout and dtype.
+  const at::Tensor input_like = at::empty(
+      x.sizes(), x.options().dtype(conv_dtype.value_or(x.scalar_type())).memory_format(kChannelsLast));
+  const at::Tensor weight_conv = to_conv(weight, conv_dtype);
   at::Tensor grad_xs;
   if (up == 1) {
-    grad_xs = std::get<0>(at::convolution_backward(g, input_like, weight, std::nullopt, {1, 1}, {padding, padding},
-                                                   {1, 1}, false, {0, 0}, 1, {true, false, false}));
+    grad_xs = std::get<0>(at::convolution_backward(to_conv(g, conv_dtype), input_like, weight_conv, std::nullopt,
+                                                   {1, 1}, {padding, padding}, {1, 1}, false, {0, 0}, 1,
+                                                   {true, false, false}));
   } else {
     at::Tensor grad_t = at::empty({n, cout, g.size(2) + 1, g.size(3) + 1}, x.options().memory_format(kChannelsLast));
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fir_upsample_backward_nhwc", [&] {
       cpu::fir_upsample_backward_nhwc<scalar_t>(g.const_data_ptr<scalar_t>(), grad_t.data_ptr<scalar_t>(), n, cout,
                                                 grad_t.size(2), grad_t.size(3));
     });
-    grad_xs = std::get<0>(at::convolution_backward(grad_t, input_like, weight.transpose(0, 1), std::nullopt, {2, 2},
-                                                   {0, 0}, {1, 1}, true, {0, 0}, 1, {true, false, false}));
+    grad_xs = std::get<0>(at::convolution_backward(to_conv(grad_t, conv_dtype), input_like, weight_conv.transpose(0, 1),
+                                                   std::nullopt, {2, 2}, {0, 0}, {1, 1}, true, {0, 0}, 1,
+                                                   {true, false, false}));
   }
-  grad_xs = grad_xs.contiguous(kChannelsLast);
+  grad_xs = from_conv(grad_xs, x).contiguous(kChannelsLast);
   at::Tensor grad_x = at::empty(x.sizes(), x.options().memory_format(kChannelsLast));
   at::Tensor grad_styles = at::empty({n, cin}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "scale_channels_backward_nhwc", [&] {
@@ -263,27 +309,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_cpu(
 }
 
 at::Tensor modulated_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& styles,
-                            const std::optional<at::Tensor>& demod, int64_t up, int64_t padding) {
+                            const std::optional<at::Tensor>& demod, int64_t up, int64_t padding, ConvDtype conv_dtype) {
   const c10::DeviceGuard guard(x.device());
-  check_inputs(x, weight, styles, demod, up, padding);
+  check_inputs(x, weight, styles, demod, up, padding, conv_dtype);
   if (!x.is_cuda() && x.numel() > 0 && cpu_uses_channels_last())
-    return modulated_conv2d_cpu(x, weight, styles.contiguous(), contiguous_or_none(demod), up, padding);
-  return modulated_conv2d_generic(x.contiguous(), weight, styles.contiguous(), contiguous_or_none(demod), up, padding);
+    return modulated_conv2d_cpu(x, weight, styles.contiguous(), contiguous_or_none(demod), up, padding, conv_dtype);
+  return modulated_conv2d_generic(x.contiguous(), weight, styles.contiguous(), contiguous_or_none(demod), up, padding,
+                                  conv_dtype);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward(
     const at::Tensor& grad, const at::Tensor& y, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& styles,
-    const std::optional<at::Tensor>& demod, int64_t up, int64_t padding) {
+    const std::optional<at::Tensor>& demod, int64_t up, int64_t padding, ConvDtype conv_dtype) {
   const c10::DeviceGuard guard(x.device());
-  check_inputs(x, weight, styles, demod, up, padding);
+  check_inputs(x, weight, styles, demod, up, padding, conv_dtype);
   TORCH_CHECK(grad.sizes() == y.sizes(), "modulated_conv2d_backward: grad ", grad.sizes(), " must match y ", y.sizes());
   check_like(grad, x, "modulated_conv2d_backward", "grad");
   check_like(y, x, "modulated_conv2d_backward", "y");
   if (!x.is_cuda() && x.numel() > 0 && grad.numel() > 0 && cpu_uses_channels_last())
     return modulated_conv2d_backward_cpu(grad, y, x, weight, styles.contiguous(), contiguous_or_none(demod), up,
-                                         padding);
+                                         padding, conv_dtype);
   return modulated_conv2d_backward_generic(grad, y, x.contiguous(), weight, styles.contiguous(),
-                                           contiguous_or_none(demod), up, padding);
+                                           contiguous_or_none(demod), up, padding, conv_dtype);
 }
 
 }  // namespace

@@ -33,9 +33,12 @@ TORCH_LIBRARY(pulse_ext, m) {
   m.def(
       "area_downscale_loss_backward(Tensor grad_l2, Tensor grad_l1, Tensor diff, int img_height, int img_width) "
       "-> Tensor");
-  m.def("modulated_conv2d(Tensor x, Tensor weight, Tensor styles, Tensor? demod, int up, int padding) -> Tensor");
+  // conv_dtype: the dtype the convolution itself runs in (e.g. bfloat16), None = x's dtype.
+  m.def(
+      "modulated_conv2d(Tensor x, Tensor weight, Tensor styles, Tensor? demod, int up, int padding, "
+      "ScalarType? conv_dtype=None) -> Tensor");
   m.def(
       "modulated_conv2d_backward(Tensor grad, Tensor y, Tensor x, Tensor weight, Tensor styles, Tensor? demod, "
-      "int up, int padding) -> (Tensor grad_x, Tensor grad_styles, Tensor grad_demod)");
+      "int up, int padding, ScalarType? conv_dtype=None) -> (Tensor grad_x, Tensor grad_styles, Tensor grad_demod)");
   m.def("_compiled_with_cuda() -> bool", &compiled_with_cuda);
 }

@@ -88,6 +88,7 @@ def _one_line_error(parser):
 def add_arguments(parser):
     from pulse_ext.pulse.losses import DOWNSCALERS
     from pulse_ext.pulse.optim import LR_SCHEDULES, OPTIMIZERS
+    from pulse_ext.pulse.progressive import PRECISIONS
     from pulse_ext.pulse.search import NOISE_TYPES
 
     _one_line_error(parser)
@@ -122,6 +123,10 @@ def add_arguments(parser):
                         help="how noise maps are treated (default %(default)s)")
     parser.add_argument("--downscale", choices=DOWNSCALERS, default="area",
                         help="how a candidate is downscaled for comparison with the input (default %(default)s)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="bf16: search with the generator's 3x3 convolutions in bfloat16 (faster on CPUs with "
+                             "AVX512-BF16/AMX and tensor-core GPUs), then render, check and refine the results in "
+                             "fp32 (default %(default)s; docs/performance.md)")
     parser.add_argument("--num-outputs", type=_positive_int, default=1, metavar="K",
                         help="K distinct faces per input, converged ones first; K <= restarts (default %(default)s)")
     parser.add_argument("--save-all", action="store_true", help="also write every restart's result (NAME.restartNN)")
@@ -421,6 +426,12 @@ def check_search_options(args) -> None:
         raise UsageError(f"--loss: {exc}") from None
 
 
+def search_options(args) -> dict:
+    """PULSE keyword options from the command line, besides loss/eps/steps (shared by single files and folder jobs)."""
+    return dict(learning_rate=args.lr, optimizer=args.optimizer, lr_schedule=args.lr_schedule,
+                noise_type=args.noise_type, downscale=args.downscale, precision=args.precision)
+
+
 def _resolve_device(text):
     import torch
 
@@ -519,12 +530,11 @@ def run(args):
     if seed is None:
         import secrets
         seed = secrets.randbits(63)
-    options = dict(learning_rate=args.lr, optimizer=args.optimizer, lr_schedule=args.lr_schedule,
-                   noise_type=args.noise_type, downscale=args.downscale)
+    options = search_options(args)
     recorded_options = {"restarts": args.restarts, "steps": args.steps, "eps": args.eps, "loss": args.loss,
                         "num_outputs": args.num_outputs, "device": str(device), "lr": args.lr,
                         "optimizer": args.optimizer, "lr_schedule": args.lr_schedule, "noise_type": args.noise_type,
-                        "downscale": args.downscale, "save_all": args.save_all,
+                        "downscale": args.downscale, "precision": args.precision, "save_all": args.save_all,
                         "save_intermediate": args.save_intermediate, "intermediate_every": args.intermediate_every,
                         "strict": args.strict, "resize": args.resize, "overwrite": args.overwrite}
     generator_info = _describe_generator(args.generator, G)

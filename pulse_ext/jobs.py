@@ -403,7 +403,7 @@ def run_job(args) -> int:
 def _run_ranked(args, out, inputs, aligner, dist, started):
     from pulse_ext.checkpoints import load_generator
     from pulse_ext.cli import PROG, UsageError
-    from pulse_ext.cli_upscale import fit_size, make_output_folder, read_image, save_image
+    from pulse_ext.cli_upscale import fit_size, make_output_folder, read_image, save_image, search_options
     from pulse_ext.pulse.latent import restart_seed
     from pulse_ext.pulse.search import PULSE
     from pulse_ext.upscale import image_to_tensor, select_candidates, tensor_to_pil, valid_input_sizes
@@ -439,8 +439,7 @@ def _run_ranked(args, out, inputs, aligner, dist, started):
     if aligner is not None and resolution % align_size:
         raise UsageError(f"--align-size {align_size} does not divide the generator resolution {resolution} "
                          f"(valid: {', '.join(map(str, valid_input_sizes(resolution)))})")
-    options = dict(learning_rate=args.lr, optimizer=args.optimizer, lr_schedule=args.lr_schedule,
-                   noise_type=args.noise_type, downscale=args.downscale)
+    options = search_options(args)
     try:
         searcher = PULSE(G, loss=args.loss, eps=args.eps, steps=args.steps, **options)
     except ValueError as exc:

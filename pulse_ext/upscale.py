@@ -196,7 +196,8 @@ def upscale(image, *, generator=None, restarts: int = 8, steps: int = 100, num_o
             ``callback_every`` steps and after the last (e.g. to record the search); None costs nothing.
         **options: forwarded to ``PULSE``: learning_rate, optimizer, lr_schedule, noise_type,
             num_trainable_noise_layers, bad_noise_layers, tile_latent, downscale ("area" | "bicubic"),
-            sync_every, drop_converged, latent_stats, stats_samples, impl.
+            sync_every, drop_converged, latent_stats, stats_samples, impl, search_resolution,
+            refine_steps, precision ("fp32" | "bf16").
     Returns:
         A PIL image (num_outputs=1), a list of K PIL images, or an ``UpscaleResult``.
         If no restart reaches eps, the best found is still returned, with a ``PulseConvergenceWarning``.
@@ -234,7 +235,8 @@ def upscale(image, *, generator=None, restarts: int = 8, steps: int = 100, num_o
     candidates = [tensor_to_pil(t) for t in tensors]
     if not return_result:
         return candidates[0] if num_outputs == 1 else candidates
-    timings = {"load_s": load_seconds, "stats_s": result.stats_seconds, "search_s": result.seconds,
+    timings = {**result.timings,  # search_s, seconds_per_step, stats_s (+ a staged search's phases)
+               "load_s": load_seconds, "stats_s": result.stats_seconds, "search_s": result.seconds,
                "seconds_per_step": result.seconds / max(result.steps_run, 1),
                "total_s": time.perf_counter() - start}
     return UpscaleResult(candidates=candidates, tensors=tensors, l2=l2, converged=converged, restart_indices=picked,

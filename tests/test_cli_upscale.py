@@ -70,6 +70,15 @@ def leftovers(folder):
     return sorted(p.name for p in folder.rglob("*") if ".tmp" in p.name or p.name.startswith(".pulse-ext"))
 
 
+def test_bf16_precision_from_the_command_line(files, tmp_path, capsys):
+    out = tmp_path / "face_bf16.png"
+    assert run_main(upscale(files, files["face"], "-o", str(out), "--precision", "bf16", "--quiet")) == 0
+    meta = json.loads((tmp_path / "face_bf16.json").read_text())
+    assert meta["options"]["precision"] == "bf16" and "coarse_search_s" in meta["timings"]
+    # The written picture (the fp32 render) downscales back to the input.
+    assert ((area_downscale(as_array(out), 4) - as_array(files["face"])) ** 2).mean() < 3e-3
+
+
 def test_success_writes_image_and_metadata(files, tmp_path, capsys):
     out = tmp_path / "face_hr.png"
     assert run_main(upscale(files, files["face"], "-o", str(out))) == 0

@@ -264,6 +264,46 @@ def test_unknown_cuda_conv_backend_is_reported(monkeypatch):
         ops.modulated_conv2d(x, weight, styles, impl="fused")
 
 
+def _relative_max_diff(a, b):
+    return float((a - b).detach().abs().max() / b.detach().abs().max())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", [c for c in MODCONV_CASES if c[3] <= 16],
+                         ids=lambda c: f"n{c[0]}-{c[1]}to{c[2]}-{c[3]}px-k{c[4]}-up{c[5]}")
+@pytest.mark.parametrize("cpu_path", ["nhwc", "nchw"])
+def test_modulated_conv2d_bf16_convolution(monkeypatch, device, case, cpu_path):
+    """conv_dtype=bfloat16: fused matches the reference (same casts) to bf16 precision, and both differ
+    from fp32 by bf16 rounding only; outputs and grads stay float32."""
+    if device == "cuda" and cpu_path == "nchw":
+        pytest.skip("PULSE_EXT_CPU_LAYOUT only affects CPU tensors")
+    monkeypatch.setenv("PULSE_EXT_CPU_LAYOUT", cpu_path)
+    n, cin, cout, h, k, up, demodulate = case
+    x, weight, styles = make_modconv_inputs(n, cin, cout, h, k, device)
+    x = in_layout(x, "channels_last")
+    results = {}
+    for impl in ("fused", "reference"):
+        for conv_dtype in (None, torch.bfloat16):
+            xi, si = leaves(x, styles)
+            y = ops.modulated_conv2d(xi, weight, si, demodulate=demodulate, up=up, conv_dtype=conv_dtype, impl=impl)
+            grad = torch.linspace(-1, 1, y.numel(), device=device).reshape(y.shape)
+            gx, gs = torch.autograd.grad(y, [xi, si], grad)
+            assert y.dtype == gx.dtype == gs.dtype == torch.float32
+            results[impl, conv_dtype] = (y, gx, gs)
+    for fused, ref in zip(results["fused", torch.bfloat16], results["reference", torch.bfloat16]):
+        # 1x1 layers fold styles into the weight before rounding, the reference scales x: both bf16-exact
+        assert _relative_max_diff(fused, ref) < 2e-2
+    bf16_vs_fp32 = [_relative_max_diff(a, b) for a, b in zip(results["fused", torch.bfloat16],
+                                                             results["fused", None])]
+    assert max(bf16_vs_fp32) < 3e-2 and min(bf16_vs_fp32) > 1e-5  # rounded, so not equal to fp32
+
+
+def test_modulated_conv2d_rejects_a_non_float_conv_dtype():
+    x, weight, styles = make_modconv_inputs(1, 2, 2, 4, 3, "cpu")
+    with pytest.raises(ValueError, match="conv_dtype must be None or a floating torch.dtype, got torch.int32"):
+        ops.modulated_conv2d(x, weight, styles, conv_dtype=torch.int32)
+
+
 def test_modulated_conv2d_weight_grad_goes_through_reference():
     x, weight, styles = make_modconv_inputs(2, 4, 5, 6, 3, "cpu")
     fused, ref = leaves(x, weight, styles), leaves(x, weight, styles)
@@ -284,6 +324,16 @@ def test_modulated_conv2d_gradcheck_float64(monkeypatch, cpu_path):
         for demodulate in (True, False):
             assert torch.autograd.gradcheck(
                 lambda a, s: ops.modulated_conv2d(a, weight, s, demodulate=demodulate, up=up, impl="fused"), (x, styles))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_modulated_conv2d_bf16_opcheck(device):
+    x, weight, styles = make_modconv_inputs(2, 3, 4, 5, 3, device)
+    x, styles = leaves(x, styles)
+    demod = ops.demodulation_coefficients(weight, styles).detach()
+    for up in (1, 2):
+        torch.library.opcheck(torch.ops.pulse_ext.modulated_conv2d.default,
+                              (x, weight, styles, demod, up, 1, torch.bfloat16))
 
 
 @pytest.mark.parametrize("device", DEVICES)

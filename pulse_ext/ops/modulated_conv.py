@@ -62,42 +62,43 @@ def _cpu_output_is_channels_last(x, weight, up, padding):
 
 
 @_register_fake("pulse_ext::modulated_conv2d")
-def _modulated_conv2d_fake(x, weight, styles, demod, up, padding):
+def _modulated_conv2d_fake(x, weight, styles, demod, up, padding, conv_dtype=None):
     oh, ow = _output_size(x, weight, up, padding)
     y = x.new_empty((x.shape[0], weight.shape[0], oh, ow))
     return y.contiguous(memory_format=torch.channels_last) if _cpu_output_is_channels_last(x, weight, up, padding) else y
 
 
 @_register_fake("pulse_ext::modulated_conv2d_backward")
-def _modulated_conv2d_backward_fake(grad, y, x, weight, styles, demod, up, padding):
+def _modulated_conv2d_backward_fake(grad, y, x, weight, styles, demod, up, padding, conv_dtype=None):
     layout = torch.channels_last if _cpu_output_is_channels_last(x, weight, up, padding) else torch.contiguous_format
     return (torch.empty_like(x, memory_format=layout), torch.empty_like(styles),
             x.new_empty((0,)) if demod is None else torch.empty_like(demod))
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, styles, demod, up, padding = inputs
+    x, weight, styles, demod, up, padding, conv_dtype = inputs
     ctx.save_for_backward(output, x, weight, styles, demod)
-    ctx.params = (up, padding)
+    ctx.params = (up, padding, conv_dtype)
 
 
 def _backward(ctx, grad):
     y, x, weight, styles, demod = ctx.saved_tensors
-    up, padding = ctx.params
+    up, padding, conv_dtype = ctx.params
     grad_x, grad_styles, grad_demod = torch.ops.pulse_ext.modulated_conv2d_backward(
-        grad, y, x, weight, styles, demod, up, padding)
+        grad, y, x, weight, styles, demod, up, padding, conv_dtype)
     grad_weight = None
     if ctx.needs_input_grad[1]:
         # PULSE never needs it (weights are frozen); training code may, so it goes through the reference.
         with torch.enable_grad():
             w = weight.detach().requires_grad_()
-            y_ref = reference.modulated_conv2d(x.detach(), w, styles.detach(), demodulate=False, up=up, padding=padding)
+            y_ref = reference.modulated_conv2d(x.detach(), w, styles.detach(), demodulate=False, up=up, padding=padding,
+                                               conv_dtype=conv_dtype)
             if demod is not None:
                 y_ref = y_ref * demod.detach().reshape(demod.shape[0], -1, 1, 1)
             (grad_weight,) = torch.autograd.grad(y_ref, w, grad)
     return (grad_x if ctx.needs_input_grad[0] else None, grad_weight,
             grad_styles if ctx.needs_input_grad[2] else None,
-            grad_demod if demod is not None and ctx.needs_input_grad[3] else None, None, None)
+            grad_demod if demod is not None and ctx.needs_input_grad[3] else None, None, None, None)
 
 
 if _extension.is_loaded():
@@ -106,7 +107,7 @@ if _extension.is_loaded():
 
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, *, demodulate: bool = True,
                      up: int = 1, padding: Optional[int] = None, demod: Optional[torch.Tensor] = None,
-                     impl: str = "auto") -> torch.Tensor:
+                     conv_dtype: Optional[torch.dtype] = None, impl: str = "auto") -> torch.Tensor:
     """StyleGAN2 modulated convolution: y = d[n, o] * conv(x * styles[n, :], weight).
 
     The weight is shared by the whole batch (no per-sample weights): styles scale input channels and
@@ -120,6 +121,11 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
         up: 1 or 2.
         padding: defaults to k // 2 ("same"); with up=2 it must be k // 2.
         demod: precomputed [N, Cout] coefficients to use instead of computing them (needs demodulate).
+        conv_dtype: None, or a floating dtype (e.g. torch.bfloat16) the convolution itself runs in: its
+            operands are rounded to it and its result (accumulated in fp32 by oneDNN/cuDNN) cast back to
+            x's dtype; everything else (style scaling, FIR, demodulation, the output) stays in x's dtype.
+            About 2-3x faster convolutions on CPUs with AVX512-BF16 / AMX and on tensor-core GPUs, at
+            bf16's ~3 significant digits per product.
         impl: "auto" | "fused" | "reference".
     Returns:
         [N, Cout, H*up, W*up] (for up=1 and other paddings, the usual convolution size). The backward
@@ -127,17 +133,20 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
         when asked for, goes through the reference path.
     """
     padding = _validate(x, weight, styles, up, padding)
+    check(conv_dtype is None or (isinstance(conv_dtype, torch.dtype) and conv_dtype.is_floating_point),
+          lambda: f"modulated_conv2d: conv_dtype must be None or a floating torch.dtype, got {conv_dtype!r}")
     if demod is not None:
         check(demodulate, "modulated_conv2d: demod was given but demodulate=False")
         check(demod.shape == (x.shape[0], weight.shape[0]),
               f"modulated_conv2d: demod must be [N, Cout]={[x.shape[0], weight.shape[0]]}, got {list(demod.shape)}")
     if not use_fused(impl, "modulated_conv2d", x):
         y = reference.modulated_conv2d(x, weight, styles, demodulate=demodulate and demod is None, up=up,
-                                       padding=padding)
+                                       padding=padding, conv_dtype=conv_dtype)
         return y if demod is None else y * demod.reshape(demod.shape[0], -1, 1, 1)
     if demodulate and demod is None:
         demod = demodulation_coefficients(weight, styles)
-    return torch.ops.pulse_ext.modulated_conv2d(x, weight, styles, demod if demodulate else None, up, padding)
+    return torch.ops.pulse_ext.modulated_conv2d(x, weight, styles, demod if demodulate else None, up, padding,
+                                                conv_dtype)
 
 
 def upsample2d(x: torch.Tensor, *, impl: str = "auto") -> torch.Tensor:

@@ -69,12 +69,14 @@ def demodulation_coefficients(weight: torch.Tensor, styles: torch.Tensor) -> tor
 
 
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, *, demodulate: bool = True,
-                     up: int = 1, padding: Optional[int] = None) -> torch.Tensor:
+                     up: int = 1, padding: Optional[int] = None,
+                     conv_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """StyleGAN2 modulated convolution in the shared-weight form.
 
     y = d[n, o] * conv(x * s[n, :], weight), with d the demodulation coefficients (when demodulate).
     up=2 is NVIDIA's ``conv2d_resample``: a stride-2 transposed convolution at the input resolution
-    followed by the [1,3,3,1] FIR filter (gain 4) with padding 1 on each side.
+    followed by the [1,3,3,1] FIR filter (gain 4) with padding 1 on each side. With ``conv_dtype``
+    the convolution alone runs in that dtype (operands cast down, result cast back to x's dtype).
 
     x: [N, Cin, H, W]; weight: [Cout, Cin, k, k]; styles: [N, Cin]
     -> [N, Cout, H*up, W*up] (padding defaults to k // 2, the only padding supported with up=2).
@@ -83,10 +85,11 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     if padding is None:
         padding = k // 2
     xs = x * styles.to(x.dtype).reshape(x.shape[0], -1, 1, 1)
+    conv_dtype = conv_dtype or x.dtype
     if up == 1:
-        y = F.conv2d(xs, weight.to(x.dtype), padding=padding)
+        y = F.conv2d(xs.to(conv_dtype), weight.to(conv_dtype), padding=padding).to(x.dtype)
     elif up == 2:
-        y = F.conv_transpose2d(xs, weight.to(x.dtype).transpose(0, 1), stride=2)
+        y = F.conv_transpose2d(xs.to(conv_dtype), weight.to(conv_dtype).transpose(0, 1), stride=2).to(x.dtype)
         # conv2d_resample: p0 = padding + (fw + up - 1)//2 - (k - 1), p1 = padding + (fw - up)//2 - (k - up)
         p0 = padding + 2 - (k - 1)
         p1 = padding + 1 - (k - 2)

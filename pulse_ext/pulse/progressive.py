@@ -1,4 +1,12 @@
-"""Progressive search resolution: run the PULSE search on a truncated synthesis network, render full size last.
+"""Staged search: a cheaper search phase, then a full-resolution, full-precision check and refinement.
+
+Two options make the search phase cheaper, alone or together: a lower search resolution
+(``search_resolution``, below) and bfloat16 convolutions (``precision="bf16"``: the generator's 3x3
+convolutions, nearly all of its FLOPs, run in bf16 — 2-3x faster on CPUs with AVX512-BF16/AMX and on
+tensor-core GPUs — while latents, noise, the loss and the optimiser stay fp32). Either way the result
+is rendered and checked at full resolution in the generator's own dtype at the end (below).
+
+Progressive search resolution: run the PULSE search on a truncated synthesis network, render full size last.
 
 With ``PULSE(..., search_resolution=s)`` (or ``upscale(..., search_resolution=s)``) the search runs only
 the synthesis blocks up to resolution s and uses that block's skip image (the 'skip' architecture sums
@@ -8,11 +16,11 @@ the target size, else FIR-upsampled (the generator's own skip upsampling) to the
 generator's work is in its top blocks (config-f 1024: the blocks up to 256 are 60 % of the multiply-adds,
 up to 128 are 41 %), so a step costs a fraction of a full one.
 
-Then, once, at full resolution: every restart's best latent (and trainable noise) is rendered, its L2
+Then, once, at full resolution (and full precision): every restart's best latent (and trainable noise) is rendered, its L2
 re-checked against eps, and the restarts that do not meet it are refined for up to ``refine_steps``
 full-resolution steps (fresh Adam, learning rate falling linearly from 0.1 to 0.001 of the base rate,
 as the end of the original's schedule). The result is a normal ``SearchResult`` at full resolution:
-images, L2 and convergence always describe the full-resolution image.
+images, L2 and convergence always describe the full-resolution, full-precision image.
 
 Caveat: the details above s are not searched; they come from the latent that fits the coarse image.
 PULSE's target is tiny (16 or 32 px), so the loss itself sees nothing above the target size, but the
@@ -71,26 +79,45 @@ def truncated_synthesis(synthesis, ws: torch.Tensor, resolution: int, noise_mode
     return img
 
 
-def progressive_run(pulse, target, seeds, n, num_images, num_restarts, stats, stats_seconds, device, dtype, progress,
-                    callback=None, callback_every=1):
-    """``PULSE.search`` with ``search_resolution`` set (called by it; same arguments as ``PULSE._run``)."""
+PRECISIONS = ("fp32", "bf16")
+SEARCH_CONV_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def staged_run(pulse, target, seeds, n, num_images, num_restarts, stats, stats_seconds, device, dtype, progress,
+               callback=None, callback_every=1):
+    """``PULSE.search`` with ``search_resolution`` and/or ``precision="bf16"`` (called by it; same arguments
+    as ``PULSE._run``): the search phase, then the full-resolution, full-precision check and refinement."""
     G = pulse.generator
-    s = pulse.search_resolution
+    s = pulse.search_resolution or G.img_resolution
     size = max(s, target.shape[-1])
     impl = getattr(G.synthesis, "impl", "auto")
-
-    def coarse(w, noise):
-        img = truncated_synthesis(G.synthesis, w, s, noise=noise)
-        while img.shape[-1] < size:
-            img = ops.upsample2d(img, impl=impl)
-        return img
+    synthesize = None  # the full synthesis network
+    if s < G.img_resolution:
+        def synthesize(w, noise):
+            img = truncated_synthesis(G.synthesis, w, s, noise=noise)
+            while img.shape[-1] < size:
+                img = ops.upsample2d(img, impl=impl)
+            return img
 
     label = progress if isinstance(progress, str) else "PULSE"
-    coarse_result = pulse._run(target, seeds, n, num_images, num_restarts, stats, stats_seconds, device, dtype,
-                               f"{label} @{s}px" if progress else False, None, callback_every,
-                               synthesize=coarse, image_size=size, track_noise=True)
+    stage = []
+    if s < G.img_resolution:
+        stage.append(f"@{s}px")
+    if pulse.precision != "fp32":
+        stage.append(pulse.precision)
+    saved_conv_dtype = G.conv_dtype
+    search_conv_dtype = SEARCH_CONV_DTYPES[pulse.precision]
+    try:
+        if search_conv_dtype is not None:
+            G.set_conv_dtype(search_conv_dtype)
+        coarse_result = pulse._run(target, seeds, n, num_images, num_restarts, stats, stats_seconds, device, dtype,
+                                   f"{label} {' '.join(stage)}" if progress else False, None, callback_every,
+                                   synthesize=synthesize, image_size=size, track_noise=True)
+    finally:
+        G.set_conv_dtype(saved_conv_dtype)
 
-    # Full resolution: step 0 renders and checks every restart's best; the others refine what misses eps.
+    # Full resolution and precision: step 0 renders and checks every restart's best; the others refine what
+    # misses eps.
     trainable = [i for i, kind in enumerate(pulse.layer_kinds()) if kind == "trainable"]
     latent = coarse_result.latents.reshape(n, *coarse_result.latents.shape[2:])
     noise = {i: t.reshape(n, *t.shape[2:]) for i, t in zip(trainable, coarse_result.noises)}
@@ -109,6 +136,7 @@ def progressive_run(pulse, target, seeds, n, num_images, num_restarts, stats, st
     final.timings.update(search_s=final.seconds, seconds_per_step=final.seconds / max(final.steps_run, 1),
                          coarse_search_s=coarse_result.seconds, coarse_steps=coarse_result.steps_run,
                          full_resolution_steps=final.steps_run - coarse_result.steps_run,
-                         coarse_best_l2=float(coarse_result.l2.min()))
+                         coarse_best_l2=float(coarse_result.l2.min()),
+                         coarse_converged=int(coarse_result.converged.sum()))
     final.noises = None
     return final

@@ -106,6 +106,10 @@ class PULSE:
         search_resolution: None (default) or a block resolution below the generator's: search with the
             synthesis network truncated there (its skip image), then render full resolution, re-check
             the L2 and refine for up to ``refine_steps`` steps (see ``pulse_ext.pulse.progressive``).
+        precision: "fp32" (default) or "bf16": search with the generator's 3x3 convolutions in bfloat16
+            (2-3x faster convolutions on CPUs with AVX512-BF16/AMX and tensor-core GPUs), then render,
+            re-check and refine in the generator's dtype exactly as with ``search_resolution`` (the two
+            combine). Results always describe the full-precision image.
     """
 
     def __init__(self, generator, *, loss: str = "100*L2+0.05*GEOCROSS", eps: float = 2e-3, steps: int = 100,
@@ -114,7 +118,8 @@ class PULSE:
                  bad_noise_layers: Union[Sequence[int], str] = (-1,), tile_latent: bool = False,
                  downscale: str = "area", sync_every: int = 5, drop_converged: bool = True,
                  latent_stats: Optional[Union[LatentStats, dict]] = None, stats_samples: int = 100_000,
-                 impl: Optional[str] = None, search_resolution: Optional[int] = None, refine_steps: int = 10):
+                 impl: Optional[str] = None, search_resolution: Optional[int] = None, refine_steps: int = 10,
+                 precision: str = "fp32"):
         self.generator = generator
         self.loss_terms = parse_loss(loss)
         self.loss = loss
@@ -154,8 +159,11 @@ class PULSE:
         if isinstance(latent_stats, dict):
             latent_stats = LatentStats(torch.as_tensor(latent_stats["mean"]), torch.as_tensor(latent_stats["std"]))
         self._stats = latent_stats
-        from pulse_ext.pulse.progressive import check_search_resolution
+        from pulse_ext.pulse.progressive import PRECISIONS, check_search_resolution
         self.search_resolution = check_search_resolution(generator, search_resolution)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.precision = precision
         if int(refine_steps) < 0:
             raise ValueError(f"refine_steps must be >= 0, got {refine_steps}")
         self.refine_steps = int(refine_steps)
@@ -266,10 +274,10 @@ class PULSE:
             G.requires_grad_(False)
             if self.impl is not None:
                 G.set_impl(self.impl)
-            if self.search_resolution is not None:
-                from pulse_ext.pulse.progressive import progressive_run
-                return progressive_run(self, target, seeds, n, num_images, num_restarts, stats, stats_seconds,
-                                       device, dtype, progress, callback, int(callback_every))
+            if self.search_resolution is not None or self.precision != "fp32":
+                from pulse_ext.pulse.progressive import staged_run
+                return staged_run(self, target, seeds, n, num_images, num_restarts, stats, stats_seconds,
+                                  device, dtype, progress, callback, int(callback_every))
             return self._run(target, seeds, n, num_images, num_restarts, stats, stats_seconds, device, dtype,
                              progress, callback, int(callback_every))
         finally:
