@@ -56,6 +56,7 @@ NBA_CASES = [
     (16, 7, 8, 8, "per_sample", False, 0.5, 0.2, math.sqrt(2)),
     (2, 3, 64, 64, "shared", True, 0.3, 0.2, math.sqrt(2)),
     (4, 3, 8, 8, None, False, 256.0, 1.0, 1.0),  # toRGB: linear, gain 1
+    (2, 37, 5, 7, "per_sample", True, 0.9, 0.2, math.sqrt(2)),  # C and H*W: 16-lane blocks + a tail
 ]
 
 

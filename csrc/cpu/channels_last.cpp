@@ -24,7 +24,9 @@ PULSE_CPU_MULTIVERSION void activation_pixels(const T* __restrict x, const T* __
 }
 
 // `pixels` consecutive pixels of the backward: grad_x, per-channel sums of gt and gt * x (added to
-// bias_sum / demod_sum) and, per pixel, the channel sum of gt (noise_sum, may be nullptr).
+// bias_sum / demod_sum) and, per pixel, the channel sum of gt (noise_sum, may be nullptr). The channel
+// sum is kept in kLanes independent partial sums: a single running sum is a serial floating-point
+// chain the compiler may not reorder, which keeps the whole loop scalar.
 template <typename T>
 PULSE_CPU_MULTIVERSION void activation_grad_pixels(const T* __restrict grad, const T* __restrict y,
                                                    const T* __restrict x, const T* __restrict demod,
@@ -32,16 +34,30 @@ PULSE_CPU_MULTIVERSION void activation_grad_pixels(const T* __restrict grad, con
                                                    T* __restrict demod_sum, T* __restrict noise_sum, int64_t pixels,
                                                    int64_t C, NoiseBiasActParams<T> p) {
   for (int64_t i = 0; i < pixels; ++i) {
+    const T* g = grad + i * C;
+    const T* yy = y + i * C;
+    const T* xx = x + i * C;
+    T* gx = grad_x + i * C;
+    T lanes[kLanes] = {};
+    int64_t c = 0;
+    for (; c + kLanes <= C; c += kLanes) {
+      for (int l = 0; l < kLanes; ++l) {
+        const T gt = noise_bias_act_grad_preact(g[c + l], yy[c + l], p);
+        gx[c + l] = gt * demod[c + l];
+        bias_sum[c + l] += gt;
+        demod_sum[c + l] += gt * xx[c + l];
+        lanes[l] += gt;
+      }
+    }
     T pixel_sum = T(0);
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t e = i * C + c;
-      const T gt = noise_bias_act_grad_preact(grad[e], y[e], p);
-      grad_x[e] = gt * demod[c];
+    for (; c < C; ++c) {
+      const T gt = noise_bias_act_grad_preact(g[c], yy[c], p);
+      gx[c] = gt * demod[c];
       bias_sum[c] += gt;
-      demod_sum[c] += gt * x[e];
+      demod_sum[c] += gt * xx[c];
       pixel_sum += gt;
     }
-    if (noise_sum) noise_sum[i] = pixel_sum;
+    if (noise_sum) noise_sum[i] = pixel_sum + sum_lanes(lanes);
   }
 }
 

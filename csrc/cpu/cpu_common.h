@@ -19,6 +19,18 @@ namespace pulse_ext::cpu {
 // process holds a core).
 constexpr int64_t kElementsPerTask = 32768;
 
+// Independent partial sums in a reduction loop: enough for one AVX-512 register of floats, so the
+// compiler can vectorise the loop (a single running sum is a serial dependency it may not reorder).
+constexpr int kLanes = 16;
+
+// The sum of kLanes partial sums as a tree (4 dependent steps instead of 16); overwrites lanes.
+template <typename T>
+inline T sum_lanes(T* lanes) {
+  for (int width = kLanes / 2; width > 0; width /= 2)
+    for (int l = 0; l < width; ++l) lanes[l] += lanes[l + width];
+  return lanes[0];
+}
+
 // The grain (in loop iterations) for a loop whose iterations each touch `elements_per_iteration` elements.
 inline int64_t grain_for(int64_t elements_per_iteration) {
   return std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(1, elements_per_iteration));

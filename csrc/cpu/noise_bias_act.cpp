@@ -22,22 +22,48 @@ PULSE_CPU_MULTIVERSION void forward_row(const T* __restrict x, const T* __restri
   }
 }
 
-// One row of the backward: writes grad_x, adds gt into noise_sum (if any) and returns the row's
-// sums of gt and gt * x (x may be nullptr when there is no demodulation).
-template <typename T>
+// One row of the backward: writes grad_x, adds gt into noise_sum (kNoise) and returns the row's sums
+// of gt and gt * x (kDemod). The flags are template parameters so each variant is a branch-free loop,
+// and the sums are kept in kLanes independent partial sums so it vectorises (see cpu_common.h).
+template <bool kDemod, bool kNoise, typename T>
 PULSE_CPU_MULTIVERSION void backward_row(const T* __restrict grad, const T* __restrict y, const T* __restrict x,
                                          T* __restrict grad_x, T* __restrict noise_sum, int64_t len, T demod,
                                          NoiseBiasActParams<T> p, double* bias_sum, double* demod_sum) {
-  T b = T(0), d = T(0);
-  for (int64_t i = 0; i < len; ++i) {
+  T b[kLanes] = {}, d[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= len; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const T gt = noise_bias_act_grad_preact(grad[i + l], y[i + l], p);
+      grad_x[i + l] = gt * demod;
+      b[l] += gt;
+      if constexpr (kDemod) d[l] += gt * x[i + l];
+      if constexpr (kNoise) noise_sum[i + l] += gt;
+    }
+  }
+  T b_tail = T(0), d_tail = T(0);
+  for (; i < len; ++i) {
     const T gt = noise_bias_act_grad_preact(grad[i], y[i], p);
     grad_x[i] = gt * demod;
-    b += gt;
-    if (x) d += gt * x[i];
-    if (noise_sum) noise_sum[i] += gt;
+    b_tail += gt;
+    if constexpr (kDemod) d_tail += gt * x[i];
+    if constexpr (kNoise) noise_sum[i] += gt;
   }
-  *bias_sum = b;
-  *demod_sum = d;
+  *bias_sum = b_tail + sum_lanes(b);
+  *demod_sum = d_tail + sum_lanes(d);
+}
+
+// backward_row with the variant chosen at run time (x: nullptr without demodulation, noise_sum: without noise).
+template <typename T>
+void backward_row_any(const T* grad, const T* y, const T* x, T* grad_x, T* noise_sum, int64_t len, T demod,
+                      NoiseBiasActParams<T> p, double* bias_sum, double* demod_sum) {
+  if (x && noise_sum)
+    backward_row<true, true>(grad, y, x, grad_x, noise_sum, len, demod, p, bias_sum, demod_sum);
+  else if (x)
+    backward_row<true, false>(grad, y, x, grad_x, noise_sum, len, demod, p, bias_sum, demod_sum);
+  else if (noise_sum)
+    backward_row<false, true>(grad, y, x, grad_x, noise_sum, len, demod, p, bias_sum, demod_sum);
+  else
+    backward_row<false, false>(grad, y, x, grad_x, noise_sum, len, demod, p, bias_sum, demod_sum);
 }
 
 }  // namespace
@@ -71,7 +97,7 @@ void noise_bias_act_backward(const NoiseBiasActArgs<T>& a, const T* grad, const 
       if (noise_sum) std::fill(noise_sum, noise_sum + len, T(0));
       for (int64_t c = 0; c < a.C; ++c) {
         const int64_t offset = (n * a.C + c) * a.HW + lo;
-        backward_row(grad + offset, y + offset, a.demod ? a.x + offset : nullptr, g.grad_x + offset, noise_sum, len,
+        backward_row_any(grad + offset, y + offset, a.demod ? a.x + offset : nullptr, g.grad_x + offset, noise_sum, len,
                      a.demod ? a.demod[n * a.C + c] : T(1), a.p, &bias_acc[task * a.C + c],
                      &demod_acc[task * a.C + c]);
       }
