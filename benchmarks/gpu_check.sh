@@ -50,9 +50,9 @@ else
   section "compute-sanitizer"; echo "not installed on this machine" >> "$report"; end_section
 fi
 run "op microbenchmarks" $PY benchmarks/bench_ops.py --device cuda
-for bench in benchmarks/bench_e2e.py; do
-  [ -f "$bench" ] && run "$(basename "$bench")" $PY "$bench" --device cuda
-done
+run "bench_e2e.py" $PY benchmarks/bench_e2e.py --device cuda
+run "bench_e2e.py --progressive (search_resolution, bf16 precision)" $PY benchmarks/bench_e2e.py --device cuda \
+  --progressive --sizes 64,256,1024
 
 echo "report: $report (overall status $status)"
 if [ -n "${OUT:-}" ]; then
