@@ -62,6 +62,6 @@ setup(
     },
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension},
-    entry_points={"console_scripts": ["pulse-ext=pulse_ext.cli:main"]},
+    entry_points={"console_scripts": ["pulse-ext=pulse_ext.cli:run"]},
     zip_safe=False,
 )

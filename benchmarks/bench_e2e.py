@@ -25,7 +25,6 @@ CUDA: fp32 with TF32 as torch is configured for convolutions, and bf16).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import resource
@@ -56,22 +55,7 @@ def target_size(size: int) -> int:
     return 16 if size >= 64 else max(size // 4, 1)
 
 
-# ------------------------------------------------------------------------------------------ allocator
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
-
-
-def tune_glibc_malloc() -> bool:
-    """Keep large buffers in the heap and freed memory in the process (glibc only): no mmap per
-    activation, no page faults for every step. Returns False where mallopt is unavailable."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    ok = libc.mallopt(M_MMAP_MAX, 0) == 1          # never mmap: every allocation from the (reused) heap
-    ok &= libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1) == 1  # never give the heap top back
-    return bool(ok)
-
+# ------------------------------------------------------------------------------------------ memory
 
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
@@ -142,6 +126,7 @@ def run_config(cfg: dict) -> dict:
     row = dict(size=size, R=r, path=path, variant="+".join(sorted(variant)) or "base",
                threads=torch.get_num_threads())
     if "mallopt" in variant:
+        from pulse_ext.cli import tune_glibc_malloc  # what the pulse-ext command does at start-up
         row["mallopt_ok"] = tune_glibc_malloc()
     G = build_generator(size, device, cfg.get("generator"))
     if cfg.get("check", True) and path != "reference":

@@ -1,7 +1,5 @@
 """``python -m pulse_ext``: the ``pulse-ext`` command line."""
-import sys
-
-from pulse_ext.cli import main
+from pulse_ext.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -1,6 +1,7 @@
 """``pulse-ext upscale``: through main([...]) and through ``python -m pulse_ext``, on a 16-px random generator."""
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -68,6 +69,20 @@ def assert_one_error_line(err):
 
 def leftovers(folder):
     return sorted(p.name for p in folder.rglob("*") if ".tmp" in p.name or p.name.startswith(".pulse-ext"))
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt tuning is glibc-specific")
+def test_command_line_keeps_freed_memory_in_the_process():
+    code = "from pulse_ext.cli import tune_glibc_malloc; print(tune_glibc_malloc())"
+
+    def applied(**env):
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                                env={**os.environ, **env})
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    assert applied() == "True"
+    assert applied(MALLOC_TRIM_THRESHOLD_="131072") == "False"  # the user's own setting wins
 
 
 def test_bf16_precision_from_the_command_line(files, tmp_path, capsys):

@@ -79,9 +79,50 @@ PULSE_CPU_MULTIVERSION void scale_grad_pixels(const T* __restrict g, const T* __
     }
 }
 
+// The [1,3,3,1] FIR of the up=2 layers is separable (common/fir_upsample.h), so on NHWC rows it is
+// two passes of 4 taps over contiguous streams: a vertical one (a weighted sum of up to 4 rows) and a
+// horizontal one (4 pixel-shifted copies of one row). Both directions use the same taps because the
+// filter is symmetric: the forward reads source index i + t - 1 for tap t, its adjoint i + t - 2.
+
+// dst[j] = sum_t tap(t) * rows[t][j] over the rows given (nullptr: outside the map), j in [0, len).
 template <typename T>
-PULSE_CPU_MULTIVERSION void axpy(T* __restrict dst, const T* __restrict src, int64_t C, T w) {
-  for (int64_t c = 0; c < C; ++c) dst[c] += w * src[c];
+PULSE_CPU_MULTIVERSION void fir_vertical(const T* const rows[4], T* __restrict dst, int64_t len) {
+  std::fill(dst, dst + len, T(0));
+  for (int t = 0; t < 4; ++t) {
+    const T* __restrict src = rows[t];
+    if (src == nullptr) continue;
+    const T w = fir_tap<T>(t);
+    for (int64_t j = 0; j < len; ++j) dst[j] += w * src[j];
+  }
+}
+
+// dst[q*C + c] = sum_t tap(t) * src[(q + t + offset)*C + c] for q in [0, dst_pixels), source pixels
+// outside [0, src_pixels) being zero; then times scale[c] when scale is given.
+template <typename T>
+PULSE_CPU_MULTIVERSION void fir_horizontal(const T* __restrict src, int64_t src_pixels, T* __restrict dst,
+                                           int64_t dst_pixels, int64_t C, int64_t offset,
+                                           const T* __restrict scale) {
+  // Pixels whose 4 taps all fall inside the source: one flat stream over [begin*C, end*C).
+  const int64_t begin = std::min(dst_pixels, std::max<int64_t>(0, -offset));
+  const int64_t end = std::max(begin, std::min(dst_pixels, src_pixels - 3 - offset));
+  const T t0 = fir_tap<T>(0), t1 = fir_tap<T>(1), t2 = fir_tap<T>(2), t3 = fir_tap<T>(3);
+  const T* s = src + offset * C;
+  for (int64_t e = begin * C; e < end * C; ++e) dst[e] = t0 * s[e] + t1 * s[e + C] + t2 * s[e + 2 * C] + t3 * s[e + 3 * C];
+  for (int64_t q = 0; q < dst_pixels; ++q) {
+    if (q == begin) q = end;  // the interior is done
+    if (q >= dst_pixels) break;
+    T* d = dst + q * C;
+    std::fill(d, d + C, T(0));
+    for (int t = 0; t < 4; ++t) {
+      const int64_t pixel = q + t + offset;
+      if (pixel < 0 || pixel >= src_pixels) continue;
+      const T w = fir_tap<T>(t);
+      for (int64_t c = 0; c < C; ++c) d[c] += w * src[pixel * C + c];
+    }
+  }
+  if (scale)
+    for (int64_t q = 0; q < dst_pixels; ++q)
+      for (int64_t c = 0; c < C; ++c) dst[q * C + c] *= scale[c];
 }
 
 // Pixels per task for the reductions; per-(task, channel) sums are added in a fixed order.
@@ -167,23 +208,17 @@ void scale_channels_backward_nhwc(const T* grad, const T* x, const T* scale, T* 
 template <typename T>
 void fir_upsample_forward_nhwc(const T* in, const T* scale, T* out, int64_t N, int64_t C, int64_t hi, int64_t wi) {
   const int64_t ho = hi - 1, wo = wi - 1;
-  at::parallel_for(0, N * ho, grain_for(wo * C * 16), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N * ho, grain_for(wo * C * 8), [&](int64_t begin, int64_t end) {
+    std::vector<T> column(wi * C);  // the vertical pass of one output row, at the input's width
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / ho, p = row % ho;
-      T* o = out + row * wo * C;
-      std::fill(o, o + wo * C, T(0));
-      for (int a = 0; a < 4; ++a) {
-        const int64_t r = p + a - 1;
-        if (r < 0 || r >= hi) continue;
-        const T* src = in + (n * hi + r) * wi * C;
-        for (int64_t q = 0; q < wo; ++q)
-          for (int b = 0; b < 4; ++b) {
-            const int64_t col = q + b - 1;
-            if (col >= 0 && col < wi) axpy(o + q * C, src + col * C, C, fir_tap<T>(a) * fir_tap<T>(b));
-          }
+      const T* rows[4];
+      for (int t = 0; t < 4; ++t) {
+        const int64_t r = p + t - 1;
+        rows[t] = r >= 0 && r < hi ? in + (n * hi + r) * wi * C : nullptr;
       }
-      if (scale)
-        scale_pixels(o, scale + n * C, o, wo, C);
+      fir_vertical(rows, column.data(), wi * C);
+      fir_horizontal(column.data(), wi, out + row * wo * C, wo, C, int64_t(-1), scale ? scale + n * C : nullptr);
     }
   });
 }
@@ -191,21 +226,17 @@ void fir_upsample_forward_nhwc(const T* in, const T* scale, T* out, int64_t N, i
 template <typename T>
 void fir_upsample_backward_nhwc(const T* grad_out, T* grad_in, int64_t N, int64_t C, int64_t hi, int64_t wi) {
   const int64_t ho = hi - 1, wo = wi - 1;
-  at::parallel_for(0, N * hi, grain_for(wi * C * 16), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N * hi, grain_for(wi * C * 8), [&](int64_t begin, int64_t end) {
+    std::vector<T> column(wo * C);  // the adjoint vertical pass of one input row, at the output's width
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / hi, r = row % hi;
-      T* o = grad_in + row * wi * C;
-      std::fill(o, o + wi * C, T(0));
-      for (int a = 0; a < 4; ++a) {
-        const int64_t p = r - a + 1;
-        if (p < 0 || p >= ho) continue;
-        const T* src = grad_out + (n * ho + p) * wo * C;
-        for (int64_t col = 0; col < wi; ++col)
-          for (int b = 0; b < 4; ++b) {
-            const int64_t q = col - b + 1;
-            if (q >= 0 && q < wo) axpy(o + col * C, src + q * C, C, fir_tap<T>(a) * fir_tap<T>(b));
-          }
+      const T* rows[4];
+      for (int t = 0; t < 4; ++t) {
+        const int64_t p = r + t - 2;
+        rows[t] = p >= 0 && p < ho ? grad_out + (n * ho + p) * wo * C : nullptr;
       }
+      fir_vertical(rows, column.data(), wo * C);
+      fir_horizontal(column.data(), wo, grad_in + row * wi * C, wi, C, int64_t(-2), static_cast<const T*>(nullptr));
     }
   });
 }
