@@ -24,23 +24,26 @@ def demodulation_coefficients(weight: torch.Tensor, styles: torch.Tensor) -> tor
 
 
 def _validate(x, weight, styles, up, padding) -> int:
-    check(x.dim() == 4, f"modulated_conv2d: x must be [N, Cin, H, W], got shape {list(x.shape)}")
+    check(x.dim() == 4, lambda: f"modulated_conv2d: x must be [N, Cin, H, W], got shape {list(x.shape)}")
     check(weight.dim() == 4 and weight.shape[2] == weight.shape[3],
-          f"modulated_conv2d: weight must be [Cout, Cin, k, k], got shape {list(weight.shape)}")
+          lambda: f"modulated_conv2d: weight must be [Cout, Cin, k, k], got shape {list(weight.shape)}")
     n, cin = x.shape[:2]
-    check(weight.shape[1] == cin, f"modulated_conv2d: weight must have Cin={cin} input channels, got {list(weight.shape)}")
-    check(styles.shape == (n, cin), f"modulated_conv2d: styles must be [N, Cin]={[n, cin]}, got {list(styles.shape)}")
-    check(up in (1, 2), f"modulated_conv2d: up must be 1 or 2, got {up}")
+    check(weight.shape[1] == cin,
+          lambda: f"modulated_conv2d: weight must have Cin={cin} input channels, got {list(weight.shape)}")
+    check(styles.shape == (n, cin),
+          lambda: f"modulated_conv2d: styles must be [N, Cin]={[n, cin]}, got {list(styles.shape)}")
+    check(up in (1, 2), lambda: f"modulated_conv2d: up must be 1 or 2, got {up}")
     k = weight.shape[-1]
     if padding is None:
         padding = k // 2
     if up == 2:
         check(k % 2 == 1 and padding == k // 2,
-              f"modulated_conv2d: up=2 needs an odd kernel and padding=k//2={k // 2}, got k={k}, padding={padding}")
-    check(padding >= 0, f"modulated_conv2d: padding must be >= 0, got {padding}")
+              lambda: f"modulated_conv2d: up=2 needs an odd kernel and padding=k//2={k // 2}, "
+                      f"got k={k}, padding={padding}")
+    check(padding >= 0, lambda: f"modulated_conv2d: padding must be >= 0, got {padding}")
     for name, t in (("weight", weight), ("styles", styles)):
-        check(t.device == x.device, f"modulated_conv2d: {name} is on {t.device} but x is on {x.device}")
-        check(t.dtype == x.dtype, f"modulated_conv2d: {name} has dtype {t.dtype} but x has {x.dtype}")
+        check(t.device == x.device, lambda: f"modulated_conv2d: {name} is on {t.device} but x is on {x.device}")
+        check(t.dtype == x.dtype, lambda: f"modulated_conv2d: {name} has dtype {t.dtype} but x has {x.dtype}")
     return padding
 
 
@@ -138,7 +141,8 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     if demod is not None:
         check(demodulate, "modulated_conv2d: demod was given but demodulate=False")
         check(demod.shape == (x.shape[0], weight.shape[0]),
-              f"modulated_conv2d: demod must be [N, Cout]={[x.shape[0], weight.shape[0]]}, got {list(demod.shape)}")
+              lambda: f"modulated_conv2d: demod must be [N, Cout]={[x.shape[0], weight.shape[0]]}, "
+                      f"got {list(demod.shape)}")
     if not use_fused(impl, "modulated_conv2d", x):
         y = reference.modulated_conv2d(x, weight, styles, demodulate=demodulate and demod is None, up=up,
                                        padding=padding, conv_dtype=conv_dtype)
