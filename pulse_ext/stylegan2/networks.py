@@ -146,19 +146,6 @@ class MappingNetwork(torch.nn.Module):
     def _dtype(self) -> torch.dtype:
         return self.fc0.weight.dtype
 
-    def set_conv_dtype(self, dtype: Optional[torch.dtype]) -> "Generator":
-        """Run the synthesis network's 3x3 convolutions in ``dtype`` (e.g. torch.bfloat16; None, the default:
-        the parameters' dtype); returns self. The convolutions hold nearly all of the FLOPs and run 2-3x
-        faster in bfloat16 on CPUs with AVX512-BF16/AMX and on tensor-core GPUs; their inputs and outputs,
-        and every other op (affine, demodulation, noise, bias, activation, toRGB, skip path), stay in the
-        parameters' dtype. PULSE uses it for its search phase (``PULSE(precision="bf16")``)."""
-        self.synthesis.set_conv_dtype(dtype)
-        return self
-
-    @property
-    def conv_dtype(self) -> Optional[torch.dtype]:
-        return self.synthesis.b4.conv1.conv_dtype
-
     def forward(self, z: Optional[torch.Tensor], c: Optional[torch.Tensor] = None, truncation_psi: float = 1,
                 truncation_cutoff: Optional[int] = None, skip_w_avg_update: bool = False) -> torch.Tensor:
         """z [N, z_dim], c [N, c_dim] or None -> ws [N, num_ws, w_dim] in the network's dtype.
