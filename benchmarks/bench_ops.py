@@ -55,7 +55,14 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer shapes and shorter timing (smoke run)")
     parser.add_argument("--seconds", type=float, default=0.5, help="minimum timing per measurement")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
+    parser.add_argument("--mallopt", action="store_true",
+                        help="tune glibc malloc as the pulse-ext command does (no page faults on fresh buffers); "
+                             "results go to ops-mallopt-<device>")
     args = parser.parse_args(argv)
+    if args.mallopt:
+        from pulse_ext.cli import tune_glibc_malloc
+        if not tune_glibc_malloc():
+            parser.error("--mallopt: glibc mallopt is not available here")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -132,8 +139,12 @@ def main(argv=None):
     notes = ("Speed-ups are reference time / fused time measured side by side in this run. GB/s counts the minimal "
              "traffic (fp32); TFLOP/s counts 2*N*Cout*Cin*9*H_in*W_in for the convolution. On CPU the inputs of "
              "noise_bias_act and the modulated convolution are channels-last, the layout the fused generator keeps "
-             "between layers (both paths get the same tensor).")
-    path = write_results("ops", device, rows, columns, notes)
+             "between layers (both paths get the same tensor). "
+             + ("glibc malloc tuned as the pulse-ext command does (pulse_ext.cli.tune_glibc_malloc): freed buffers are "
+                "reused, not unmapped, so outputs do not page-fault." if args.mallopt else
+                "glibc malloc defaults: buffers over its mmap threshold are fresh mappings that page-fault on first "
+                "touch (compare ops-mallopt-<device>)."))
+    path = write_results("ops-mallopt" if args.mallopt else "ops", device, rows, columns, notes)
     print("wrote", path)
 
 
