@@ -58,5 +58,5 @@ def area_downscale_loss(img: torch.Tensor, target: torch.Tensor, *, impl: str = 
     _validate(img, target)
     if not use_fused(impl, "area_downscale_loss", img):
         return reference.area_downscale_loss(img, target)
-    l2, l1, _ = torch.ops.pulse_ext.area_downscale_loss(img, target)
+    l2, l1, _ = torch.ops.pulse_ext.area_downscale_loss.default(img, target)
     return l2, l1

@@ -76,14 +76,15 @@ def noise_bias_act(x: torch.Tensor, noise: Optional[torch.Tensor] = None,
         noise_strength = torch.tensor(float(noise_strength), dtype=x.dtype, device=x.device)
     _validate(x, noise, noise_strength, bias, demod)
     if clamp is not None:
-        check(clamp > 0, f"noise_bias_act: clamp must be positive or None, got {clamp}")
+        check(clamp > 0, lambda: f"noise_bias_act: clamp must be positive or None, got {clamp}")
     # The backward recovers the activation's branch from the sign of y, which needs these.
-    check(gain > 0, f"noise_bias_act: gain must be positive, got {gain}")
-    check(slope >= 0, f"noise_bias_act: slope must be >= 0, got {slope}")
+    check(gain > 0, lambda: f"noise_bias_act: gain must be positive, got {gain}")
+    check(slope >= 0, lambda: f"noise_bias_act: slope must be >= 0, got {slope}")
     if not use_fused(impl, "noise_bias_act", x):
         return reference.noise_bias_act(x, noise, noise_strength, bias, demod=demod, gain=gain, clamp=clamp,
                                         slope=slope)
-    if noise_strength is not None:
+    if noise_strength is not None and noise_strength.dim() != 0:
         noise_strength = noise_strength.reshape(())
-    return torch.ops.pulse_ext.noise_bias_act(x, demod, noise, noise_strength, bias, float(slope), float(gain),
-                                              None if clamp is None else float(clamp))
+    # The OpOverload itself: calling it skips the overload resolution of torch.ops.pulse_ext.noise_bias_act.
+    return torch.ops.pulse_ext.noise_bias_act.default(x, demod, noise, noise_strength, bias, float(slope),
+                                                      float(gain), None if clamp is None else float(clamp))
