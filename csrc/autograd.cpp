@@ -1,11 +1,10 @@
-// Autograd for pulse_ext::noise_bias_act and pulse_ext::area_downscale_loss, in C++.
+// Autograd for the forward ops (noise_bias_act, area_downscale_loss, modulated_conv2d), in C++.
 //
-// These two ops are elementwise/reduction passes whose cost at the generator's small layers (4x4,
-// 8x8) is a few microseconds; an autograd formula registered from Python (torch.library.register_autograd)
-// adds ~40 us per forward+backward on top, more than the kernels themselves. Registered here, under the
-// Autograd dispatch key, the whole forward+backward stays in C++ (the torchvision pattern).
-// modulated_conv2d keeps its Python formula: its weight gradient goes through the reference path, and
-// its convolutions dwarf the overhead.
+// At the generator's small layers (4x4, 8x8) an op's kernels take a few microseconds; an autograd
+// formula registered from Python (torch.library.register_autograd) adds 40-80 us per forward+backward,
+// more than the kernels themselves. Registered here, under the Autograd dispatch key, the whole
+// forward+backward stays in C++ (the torchvision pattern). The backward ops are not differentiable
+// again (PULSE and the generator never need double backward through them).
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -130,11 +129,71 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> area_downscale_loss_autograd(cons
   return {outputs[0], outputs[1], outputs[2]};
 }
 
+// ---------------------------------------------------------------------------------------- modulated_conv2d
+
+using ModConvSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                              int64_t, int64_t, std::optional<at::ScalarType>);
+using ModConvBackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const std::optional<at::Tensor>&, int64_t, int64_t, std::optional<at::ScalarType>);
+using ModConvWeightGradSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                        const std::optional<at::Tensor>&, int64_t, int64_t,
+                                        std::optional<at::ScalarType>);
+
+class ModulatedConvFunction : public torch::autograd::Function<ModulatedConvFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            const at::Tensor& styles, const std::optional<at::Tensor>& demod, int64_t up,
+                            int64_t padding, std::optional<at::ScalarType> conv_dtype) {
+    static auto op = op_handle<ModConvSig>("pulse_ext::modulated_conv2d");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    at::Tensor y = op.call(x, weight, styles, demod, up, padding, conv_dtype);
+    ctx->save_for_backward({y, x, weight, styles, optional_or_undefined(demod)});
+    ctx->saved_data["up"] = up;
+    ctx->saved_data["padding"] = padding;
+    ctx->saved_data["conv_dtype"] = conv_dtype.has_value() ? c10::IValue(int64_t(*conv_dtype)) : c10::IValue();
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    static auto backward_op = op_handle<ModConvBackwardSig>("pulse_ext::modulated_conv2d_backward");
+    static auto weight_grad_op = op_handle<ModConvWeightGradSig>("pulse_ext::modulated_conv2d_weight_grad");
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &y = saved[0], &x = saved[1], &weight = saved[2], &styles = saved[3];
+    const std::optional<at::Tensor> demod = undefined_to_none(saved[4]);
+    const int64_t up = ctx->saved_data["up"].toInt(), padding = ctx->saved_data["padding"].toInt();
+    const c10::IValue& dtype_value = ctx->saved_data["conv_dtype"];
+    const std::optional<at::ScalarType> conv_dtype =
+        dtype_value.isNone() ? std::nullopt : std::optional<at::ScalarType>(at::ScalarType(dtype_value.toInt()));
+    const at::Tensor grad = grad_outputs[0].defined() ? grad_outputs[0] : at::zeros_like(y);
+    // Edges: x, weight, styles, then demod when it was given.
+    const bool want_x = ctx->needs_input_grad(0), want_weight = ctx->needs_input_grad(1),
+               want_styles = ctx->needs_input_grad(2), want_demod = demod && ctx->needs_input_grad(3);
+    variable_list result(7);  // one per forward argument; up, padding and conv_dtype get none
+    if (want_x || want_styles || want_demod) {
+      auto [grad_x, grad_styles, grad_demod] =
+          backward_op.call(grad, y, x, weight, styles, demod, up, padding, conv_dtype);
+      if (want_x) result[0] = grad_x;
+      if (want_styles) result[2] = grad_styles;
+      if (want_demod) result[3] = grad_demod;
+    }
+    if (want_weight) result[1] = weight_grad_op.call(grad, x, weight, styles, demod, up, padding, conv_dtype);
+    return result;
+  }
+};
+
+at::Tensor modulated_conv2d_autograd(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& styles,
+                                     const std::optional<at::Tensor>& demod, int64_t up, int64_t padding,
+                                     std::optional<at::ScalarType> conv_dtype) {
+  return ModulatedConvFunction::apply(x, weight, styles, demod, up, padding, conv_dtype);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pulse_ext, Autograd, m) {
   m.impl("noise_bias_act", &noise_bias_act_autograd);
   m.impl("area_downscale_loss", &area_downscale_loss_autograd);
+  m.impl("modulated_conv2d", &modulated_conv2d_autograd);
 }
 
 }  // namespace pulse_ext

@@ -333,17 +333,58 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward(
                                            contiguous_or_none(demod), up, padding, conv_dtype);
 }
 
+// d loss / d weight. PULSE never needs it (its weights are frozen); training-style callers may. One
+// library weight-gradient convolution on the NCHW style-scaled input: y = d * conv(x * s, W) (up=1), or
+// d * FIR(conv_transpose(x * s, W^T)) (up=2, through the FIR's adjoint), or a sum of outer products (1x1).
+at::Tensor modulated_conv2d_weight_grad(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
+                                        const at::Tensor& styles, const std::optional<at::Tensor>& demod, int64_t up,
+                                        int64_t padding, ConvDtype conv_dtype) {
+  const c10::DeviceGuard guard(x.device());
+  check_inputs(x, weight, styles, demod, up, padding, conv_dtype);
+  check_like(grad, x, "modulated_conv2d_weight_grad", "grad");
+  const int64_t n = x.size(0), cout = weight.size(0);
+  const at::Tensor xs = (x * styles.reshape({n, x.size(1), 1, 1})).contiguous();
+  at::Tensor g = demod && demod->defined() ? grad * demod->reshape({n, cout, 1, 1}) : grad;
+  g = g.contiguous();
+  if (is_pointwise(weight, up, padding)) {
+    // grad_w[o, i] = sum over (n, pixel) of g[n, o, p] * xs[n, i, p]
+    const at::Tensor g2 = g.reshape({n, cout, -1}), x2 = xs.reshape({n, x.size(1), -1});
+    return from_conv(at::bmm(to_conv(g2, conv_dtype), to_conv(x2, conv_dtype).transpose(1, 2)), x)
+        .sum(0)
+        .reshape(weight.sizes());
+  }
+  if (up == 1)
+    return from_conv(std::get<1>(at::convolution_backward(to_conv(g, conv_dtype), to_conv(xs, conv_dtype),
+                                                           to_conv(weight, conv_dtype), std::nullopt, {1, 1},
+                                                           {padding, padding}, {1, 1}, false, {0, 0}, 1,
+                                                           {false, true, false})),
+                     x);
+  at::Tensor grad_t = at::empty({n, cout, g.size(2) + 1, g.size(3) + 1}, x.options());
+  if (grad_t.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fir_upsample_backward", [&] {
+      PULSE_CALL_BACKEND(x, fir_upsample_backward<scalar_t>, g.const_data_ptr<scalar_t>(), grad_t.data_ptr<scalar_t>(),
+                         grad_t.size(0) * grad_t.size(1), grad_t.size(2), grad_t.size(3));
+    });
+  }
+  const at::Tensor grad_wt = std::get<1>(at::convolution_backward(
+      to_conv(grad_t, conv_dtype), to_conv(xs, conv_dtype), to_conv(weight, conv_dtype).transpose(0, 1),
+      std::nullopt, {2, 2}, {0, 0}, {1, 1}, true, {0, 0}, 1, {false, true, false}));
+  return from_conv(grad_wt, x).transpose(0, 1).contiguous();
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pulse_ext, CPU, m) {
   m.impl("modulated_conv2d", &modulated_conv2d);
   m.impl("modulated_conv2d_backward", &modulated_conv2d_backward);
+  m.impl("modulated_conv2d_weight_grad", &modulated_conv2d_weight_grad);
 }
 
 #ifdef PULSE_EXT_WITH_CUDA
 TORCH_LIBRARY_IMPL(pulse_ext, CUDA, m) {
   m.impl("modulated_conv2d", &modulated_conv2d);
   m.impl("modulated_conv2d_backward", &modulated_conv2d_backward);
+  m.impl("modulated_conv2d_weight_grad", &modulated_conv2d_weight_grad);
 }
 #endif
 

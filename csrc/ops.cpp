@@ -40,5 +40,8 @@ TORCH_LIBRARY(pulse_ext, m) {
   m.def(
       "modulated_conv2d_backward(Tensor grad, Tensor y, Tensor x, Tensor weight, Tensor styles, Tensor? demod, "
       "int up, int padding, ScalarType? conv_dtype=None) -> (Tensor grad_x, Tensor grad_styles, Tensor grad_demod)");
+  m.def(
+      "modulated_conv2d_weight_grad(Tensor grad, Tensor x, Tensor weight, Tensor styles, Tensor? demod, int up, "
+      "int padding, ScalarType? conv_dtype=None) -> Tensor");
   m.def("_compiled_with_cuda() -> bool", &compiled_with_cuda);
 }

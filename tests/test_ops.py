@@ -305,26 +305,54 @@ def test_modulated_conv2d_rejects_a_non_float_conv_dtype():
         ops.modulated_conv2d(x, weight, styles, conv_dtype=torch.int32)
 
 
-def test_modulated_conv2d_weight_grad_goes_through_reference():
-    x, weight, styles = make_modconv_inputs(2, 4, 5, 6, 3, "cpu")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("k, up", [(3, 1), (3, 2), (1, 1)])
+@pytest.mark.parametrize("demodulate", [True, False])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_modulated_conv2d_weight_grad_matches_reference(device, k, up, demodulate, layout):
+    """The weight gradient (pulse_ext::modulated_conv2d_weight_grad), with and without demodulation."""
+    x, weight, styles = make_modconv_inputs(2, 4, 5, 6, k, device)
+    x = in_layout(x, layout)
     fused, ref = leaves(x, weight, styles), leaves(x, weight, styles)
+    ops.modulated_conv2d(*fused, up=up, demodulate=demodulate, impl="fused").square().sum().backward()
+    ops.modulated_conv2d(*ref, up=up, demodulate=demodulate, impl="reference").square().sum().backward()
+    assert_grads_close(fused, ref, dict(rtol=1e-4, atol=1e-3))
+
+
+def test_modulated_conv2d_weight_grad_only():
+    """Only the weight requires grad: the data gradient is skipped, the weight's still matches."""
+    x, weight, styles = make_modconv_inputs(3, 5, 4, 7, 3, "cpu")
+    grads = []
+    for impl in ("fused", "reference"):
+        w = weight.clone().requires_grad_()
+        y = ops.modulated_conv2d(x, w, styles, up=2, impl=impl)
+        grads.append(torch.autograd.grad((y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum(), w)[0])
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_modulated_conv2d_weight_grad_opcheck(device):
+    x, weight, styles = make_modconv_inputs(2, 3, 4, 5, 3, device)
+    demod = ops.demodulation_coefficients(weight, styles)
     for up in (1, 2):
-        for t in fused + ref:
-            t.grad = None
-        ops.modulated_conv2d(*fused, up=up, impl="fused").square().sum().backward()
-        ops.modulated_conv2d(*ref, up=up, impl="reference").square().sum().backward()
-        assert_grads_close(fused, ref, dict(rtol=1e-4, atol=1e-3))
+        grad = torch.randn(2, 4, 5 * up, 5 * up, device=device)
+        torch.library.opcheck(torch.ops.pulse_ext.modulated_conv2d_weight_grad.default,
+                              (grad, x, weight, styles, demod, up, 1))
 
 
 @pytest.mark.parametrize("cpu_path", ["nhwc", "nchw"])
 def test_modulated_conv2d_gradcheck_float64(monkeypatch, cpu_path):
     monkeypatch.setenv("PULSE_EXT_CPU_LAYOUT", cpu_path)
     x, weight, styles = make_modconv_inputs(2, 3, 4, 5, 3, "cpu", torch.float64)
-    x, styles = leaves(x, styles)
+    x, weight, styles = leaves(x, weight, styles)
     for up in (1, 2):
         for demodulate in (True, False):
             assert torch.autograd.gradcheck(
-                lambda a, s: ops.modulated_conv2d(a, weight, s, demodulate=demodulate, up=up, impl="fused"), (x, styles))
+                lambda a, w, s: ops.modulated_conv2d(a, w, s, demodulate=demodulate, up=up, impl="fused"),
+                (x, weight, styles))
+    pointwise = leaves(*make_modconv_inputs(2, 3, 4, 5, 1, "cpu", torch.float64))
+    assert torch.autograd.gradcheck(lambda a, w, s: ops.modulated_conv2d(a, w, s, demodulate=False, impl="fused"),
+                                    pointwise)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -7,7 +7,6 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from pulse_ext import _extension
 from pulse_ext.ops import reference
 from pulse_ext.ops._dispatch import check, is_cpu_channels_last, register_fake as _register_fake, use_fused
 
@@ -78,34 +77,13 @@ def _modulated_conv2d_backward_fake(grad, y, x, weight, styles, demod, up, paddi
             x.new_empty((0,)) if demod is None else torch.empty_like(demod))
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, styles, demod, up, padding, conv_dtype = inputs
-    ctx.save_for_backward(output, x, weight, styles, demod)
-    ctx.params = (up, padding, conv_dtype)
+@_register_fake("pulse_ext::modulated_conv2d_weight_grad")
+def _modulated_conv2d_weight_grad_fake(grad, x, weight, styles, demod, up, padding, conv_dtype=None):
+    return torch.empty_like(weight, memory_format=torch.contiguous_format)
 
 
-def _backward(ctx, grad):
-    y, x, weight, styles, demod = ctx.saved_tensors
-    up, padding, conv_dtype = ctx.params
-    grad_x, grad_styles, grad_demod = torch.ops.pulse_ext.modulated_conv2d_backward(
-        grad, y, x, weight, styles, demod, up, padding, conv_dtype)
-    grad_weight = None
-    if ctx.needs_input_grad[1]:
-        # PULSE never needs it (weights are frozen); training code may, so it goes through the reference.
-        with torch.enable_grad():
-            w = weight.detach().requires_grad_()
-            y_ref = reference.modulated_conv2d(x.detach(), w, styles.detach(), demodulate=False, up=up, padding=padding,
-                                               conv_dtype=conv_dtype)
-            if demod is not None:
-                y_ref = y_ref * demod.detach().reshape(demod.shape[0], -1, 1, 1)
-            (grad_weight,) = torch.autograd.grad(y_ref, w, grad)
-    return (grad_x if ctx.needs_input_grad[0] else None, grad_weight,
-            grad_styles if ctx.needs_input_grad[2] else None,
-            grad_demod if demod is not None and ctx.needs_input_grad[3] else None, None, None, None)
-
-
-if _extension.is_loaded():
-    torch.library.register_autograd("pulse_ext::modulated_conv2d", _backward, setup_context=_setup_context)
+# Autograd: registered in C++ (csrc/autograd.cpp); the weight gradient is its own op,
+# pulse_ext::modulated_conv2d_weight_grad, run only when the weight requires grad.
 
 
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, *, demodulate: bool = True,
@@ -132,8 +110,8 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
         impl: "auto" | "fused" | "reference".
     Returns:
         [N, Cout, H*up, W*up] (for up=1 and other paddings, the usual convolution size). The backward
-        computes grads wrt x and styles with a data-gradient convolution only; a weight gradient,
-        when asked for, goes through the reference path.
+        computes grads wrt x and styles with a data-gradient convolution only; a weight gradient is
+        computed (one weight-gradient convolution) only when the weight requires grad.
     """
     padding = _validate(x, weight, styles, up, padding)
     check(conv_dtype is None or (isinstance(conv_dtype, torch.dtype) and conv_dtype.is_floating_point),
