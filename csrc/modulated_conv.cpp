@@ -272,7 +272,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_cpu(
   if (pointwise) {
     const at::Tensor g3 = pixels_by_channels(g), x3 = pixels_by_channels(x_nhwc);
     at::Tensor grad_x = as_channels_last(
-        from_conv(at::bmm(to_conv(g3, conv_dtype), to_conv(per_sample_pointwise_weight(weight, styles), conv_dtype)), x),
+        from_conv(
+            at::bmm(to_conv(g3, conv_dtype), to_conv(per_sample_pointwise_weight(weight, styles), conv_dtype)), x),
         h, w);
     // grad_s[n, i] = sum_o weight[o, i] * sum_p grad[n, o, p] x[n, i, p] (a reduction over pixels: kept in x's dtype)
     at::Tensor grad_styles = (at::bmm(g3.transpose(1, 2), x3) * weight.reshape({1, cout, cin})).sum(1);

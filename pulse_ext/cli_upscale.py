@@ -400,6 +400,25 @@ def _threads_option(text):
     return value
 
 
+def busy_cores(samples: int = 5, interval: float = 0.02) -> int:
+    """Cores other processes are running on now. Linux: the fewest runnable tasks in /proc/stat's
+    procs_running over a few samples, minus this process (a busy job keeps its core all the time; a
+    blip does not); elsewhere the 1-minute load average (which also remembers the last minute, e.g. a
+    build that just finished)."""
+    counts = []
+    for i in range(samples):
+        try:
+            with open("/proc/stat") as f:
+                counts += [int(line.split()[1]) for line in f if line.startswith("procs_running")]
+        except (OSError, ValueError, IndexError):
+            break
+        if i + 1 < samples:
+            time.sleep(interval)
+    if counts:
+        return max(0, min(counts) - 1)
+    return round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+
+
 def apply_thread_setting(threads) -> int:
     """Set torch's CPU threads from --threads (an int or "auto"); returns the number used."""
     import torch
@@ -407,8 +426,7 @@ def apply_thread_setting(threads) -> int:
     if threads == "auto":
         if os.environ.get("OMP_NUM_THREADS"):
             return torch.get_num_threads()
-        busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-        threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - busy))
+        threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - busy_cores()))
     torch.set_num_threads(int(threads))
     return int(threads)
 

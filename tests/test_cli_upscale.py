@@ -4,6 +4,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -315,15 +316,31 @@ def test_search_callback_sees_progress_and_costs_nothing_when_unused(files, monk
         searcher.search(target, restarts=2, seed=3, callback=callback, callback_every=0)
 
 
+def test_busy_cores_sees_a_running_process():
+    from pulse_ext.cli_upscale import busy_cores
+
+    idle = busy_cores()
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        assert busy_cores() >= min(idle + 1, 1)  # at least the spinner (other load may come and go)
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
 def test_threads_option(monkeypatch):
+    from pulse_ext import cli_upscale
     from pulse_ext.cli_upscale import _threads_option, apply_thread_setting
 
     threads = torch.get_num_threads()
     try:
         assert apply_thread_setting(1) == 1 and torch.get_num_threads() == 1
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-        monkeypatch.setattr(os, "getloadavg", lambda: (50.0, 0.0, 0.0))  # every core busy
+        monkeypatch.setattr(cli_upscale, "busy_cores", lambda: 50)  # every core busy
         assert apply_thread_setting("auto") == 1
+        monkeypatch.setattr(cli_upscale, "busy_cores", lambda: 0)
+        assert apply_thread_setting("auto") == min(threads, os.cpu_count())
         monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's explicit setting wins
         torch.set_num_threads(2)
         assert apply_thread_setting("auto") == 2

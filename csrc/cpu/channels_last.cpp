@@ -107,7 +107,8 @@ PULSE_CPU_MULTIVERSION void fir_horizontal(const T* __restrict src, int64_t src_
   const int64_t end = std::max(begin, std::min(dst_pixels, src_pixels - 3 - offset));
   const T t0 = fir_tap<T>(0), t1 = fir_tap<T>(1), t2 = fir_tap<T>(2), t3 = fir_tap<T>(3);
   const T* s = src + offset * C;
-  for (int64_t e = begin * C; e < end * C; ++e) dst[e] = t0 * s[e] + t1 * s[e + C] + t2 * s[e + 2 * C] + t3 * s[e + 3 * C];
+  for (int64_t e = begin * C; e < end * C; ++e)
+    dst[e] = t0 * s[e] + t1 * s[e + C] + t2 * s[e + 2 * C] + t3 * s[e + 3 * C];
   for (int64_t q = 0; q < dst_pixels; ++q) {
     if (q == begin) q = end;  // the interior is done
     if (q >= dst_pixels) break;
