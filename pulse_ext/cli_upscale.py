@@ -112,9 +112,9 @@ def add_arguments(parser):
                         help="random seed (default: drawn, and recorded in the JSON metadata)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--threads", type=_threads_option, default="auto", metavar="N|auto",
-                        help="CPU threads; 'auto' (default) leaves out the cores other processes are busy on "
-                             "(1-minute load average), since OpenMP threads that wait for a busy core slow the "
-                             "whole search down many times over; OMP_NUM_THREADS, if set, wins")
+                        help="CPU threads; 'auto' (default) leaves out the cores other processes are running on now "
+                             "(Linux: /proc/stat), since OpenMP threads that wait for a busy core slow the whole "
+                             "search down many times over; OMP_NUM_THREADS, if set, wins")
     parser.add_argument("--lr", type=_positive_float, default=0.4, help="base learning rate (default %(default)s)")
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="optimiser (default %(default)s)")
     parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="linear1cycledrop",

@@ -97,11 +97,10 @@ PULSE_CPU_MULTIVERSION void fir_vertical(const T* const rows[4], T* __restrict d
 }
 
 // dst[q*C + c] = sum_t tap(t) * src[(q + t + offset)*C + c] for q in [0, dst_pixels), source pixels
-// outside [0, src_pixels) being zero; then times scale[c] when scale is given.
+// outside [0, src_pixels) being zero.
 template <typename T>
 PULSE_CPU_MULTIVERSION void fir_horizontal(const T* __restrict src, int64_t src_pixels, T* __restrict dst,
-                                           int64_t dst_pixels, int64_t C, int64_t offset,
-                                           const T* __restrict scale) {
+                                           int64_t dst_pixels, int64_t C, int64_t offset) {
   // Pixels whose 4 taps all fall inside the source: one flat stream over [begin*C, end*C).
   const int64_t begin = std::min(dst_pixels, std::max<int64_t>(0, -offset));
   const int64_t end = std::max(begin, std::min(dst_pixels, src_pixels - 3 - offset));
@@ -109,9 +108,8 @@ PULSE_CPU_MULTIVERSION void fir_horizontal(const T* __restrict src, int64_t src_
   const T* s = src + offset * C;
   for (int64_t e = begin * C; e < end * C; ++e)
     dst[e] = t0 * s[e] + t1 * s[e + C] + t2 * s[e + 2 * C] + t3 * s[e + 3 * C];
-  for (int64_t q = 0; q < dst_pixels; ++q) {
-    if (q == begin) q = end;  // the interior is done
-    if (q >= dst_pixels) break;
+  // The edge pixels, where some taps fall outside the source.
+  const auto edge_pixel = [&](int64_t q) {
     T* d = dst + q * C;
     std::fill(d, d + C, T(0));
     for (int t = 0; t < 4; ++t) {
@@ -120,10 +118,9 @@ PULSE_CPU_MULTIVERSION void fir_horizontal(const T* __restrict src, int64_t src_
       const T w = fir_tap<T>(t);
       for (int64_t c = 0; c < C; ++c) d[c] += w * src[pixel * C + c];
     }
-  }
-  if (scale)
-    for (int64_t q = 0; q < dst_pixels; ++q)
-      for (int64_t c = 0; c < C; ++c) dst[q * C + c] *= scale[c];
+  };
+  for (int64_t q = 0; q < begin; ++q) edge_pixel(q);
+  for (int64_t q = end; q < dst_pixels; ++q) edge_pixel(q);
 }
 
 // Pixels per task for the reductions; per-(task, channel) sums are added in a fixed order.
@@ -218,8 +215,10 @@ void fir_upsample_forward_nhwc(const T* in, const T* scale, T* out, int64_t N, i
         const int64_t r = p + t - 1;
         rows[t] = r >= 0 && r < hi ? in + (n * hi + r) * wi * C : nullptr;
       }
+      T* o = out + row * wo * C;
       fir_vertical(rows, column.data(), wi * C);
-      fir_horizontal(column.data(), wi, out + row * wo * C, wo, C, int64_t(-1), scale ? scale + n * C : nullptr);
+      fir_horizontal(column.data(), wi, o, wo, C, int64_t(-1));
+      if (scale) scale_pixels(o, scale + n * C, o, wo, C);
     }
   });
 }
@@ -237,7 +236,7 @@ void fir_upsample_backward_nhwc(const T* grad_out, T* grad_in, int64_t N, int64_
         rows[t] = p >= 0 && p < ho ? grad_out + (n * ho + p) * wo * C : nullptr;
       }
       fir_vertical(rows, column.data(), wo * C);
-      fir_horizontal(column.data(), wo, grad_in + row * wi * C, wi, C, int64_t(-2), static_cast<const T*>(nullptr));
+      fir_horizontal(column.data(), wo, grad_in + row * wi * C, wi, C, int64_t(-2));
     }
   });
 }

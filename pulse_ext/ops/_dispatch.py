@@ -45,6 +45,12 @@ def check(condition: bool, message) -> None:
         raise ValueError(message() if callable(message) else message)
 
 
+def check_conv_dtype(conv_dtype, where: str) -> None:
+    """ValueError unless conv_dtype is None or a floating torch.dtype (the dtype a convolution runs in)."""
+    check(conv_dtype is None or (isinstance(conv_dtype, torch.dtype) and conv_dtype.is_floating_point),
+          lambda: f"{where}: conv_dtype must be None or a floating torch.dtype, got {conv_dtype!r}")
+
+
 def register_fake(qualname: str):
     """``torch.library.register_fake`` when the extension defines ``qualname``; a no-op otherwise."""
     def decorator(fn):

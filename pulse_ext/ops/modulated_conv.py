@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from pulse_ext.ops import reference
-from pulse_ext.ops._dispatch import check, is_cpu_channels_last, register_fake as _register_fake, use_fused
+from pulse_ext.ops._dispatch import (check, check_conv_dtype, is_cpu_channels_last, register_fake as _register_fake,
+                                     use_fused)
 
 
 def demodulation_coefficients(weight: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
@@ -114,8 +115,7 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
         computed (one weight-gradient convolution) only when the weight requires grad.
     """
     padding = _validate(x, weight, styles, up, padding)
-    check(conv_dtype is None or (isinstance(conv_dtype, torch.dtype) and conv_dtype.is_floating_point),
-          lambda: f"modulated_conv2d: conv_dtype must be None or a floating torch.dtype, got {conv_dtype!r}")
+    check_conv_dtype(conv_dtype, "modulated_conv2d")
     if demod is not None:
         check(demodulate, "modulated_conv2d: demod was given but demodulate=False")
         check(demod.shape == (x.shape[0], weight.shape[0]),

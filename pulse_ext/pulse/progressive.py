@@ -79,8 +79,9 @@ def truncated_synthesis(synthesis, ws: torch.Tensor, resolution: int, noise_mode
     return img
 
 
-PRECISIONS = ("fp32", "bf16")
+# precision -> the dtype of the generator's convolutions during the search phase
 SEARCH_CONV_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+PRECISIONS = tuple(SEARCH_CONV_DTYPES)
 
 
 def staged_run(pulse, target, seeds, n, num_images, num_restarts, stats, stats_seconds, device, dtype, progress,

@@ -24,6 +24,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from pulse_ext import ops
+from pulse_ext.ops._dispatch import check_conv_dtype
 
 IMPLS = ("auto", "fused", "reference")
 NOISE_MODES = ("random", "const", "none")
@@ -457,8 +458,7 @@ class SynthesisNetwork(torch.nn.Module):
     def set_conv_dtype(self, dtype: Optional[torch.dtype]) -> None:
         """Run every SynthesisLayer's convolution in ``dtype`` (None: the activations' dtype). See
         ``Generator.set_conv_dtype``."""
-        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise ValueError(f"conv_dtype must be None or a floating torch.dtype, got {dtype!r}")
+        check_conv_dtype(dtype, "set_conv_dtype")
         for module in self.modules():
             if isinstance(module, SynthesisLayer):
                 module.conv_dtype = dtype
