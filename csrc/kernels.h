@@ -90,6 +90,15 @@ template <typename T> void fir_upsample_forward_nhwc(const T* in, const T* scale
                                                      int64_t hi, int64_t wi);
 template <typename T> void fir_upsample_backward_nhwc(const T* grad_out, T* grad_in, int64_t N, int64_t C, int64_t hi,
                                                       int64_t wi);
+
+// 3x3 stride-1 padding-1 convolutions by Winograd F(4x4, 3x3) on NHWC tensors (cpu/winograd_conv.cpp).
+// The filter weight [Cout, Cin, 3, 3] transformed for it: U [36, Cin, Cout] (adjoint = false: the
+// convolution Cin -> Cout), or [36, Cout, Cin] (adjoint = true: its data gradient Cout -> Cin).
+template <typename T> void winograd_filter_transform(const T* weight, int64_t Cout, int64_t Cin, bool adjoint, T* U);
+// y [N, H, W, Cout] = out_scale[n, o] * conv3x3(x [N, H, W, Cin] * in_scale[n, i], filter), U from
+// winograd_filter_transform; in_scale [N, Cin] and out_scale [N, Cout] may be nullptr (= 1).
+template <typename T> void winograd_conv3x3_nhwc(const T* x, const T* in_scale, const T* U, const T* out_scale, T* y,
+                                                 int64_t N, int64_t H, int64_t W, int64_t Cin, int64_t Cout);
 }  // namespace cpu
 
 #ifdef PULSE_EXT_WITH_CUDA

@@ -3,13 +3,16 @@
 // The weight is shared by the whole batch: styles scale the input channels (one pass fused with the
 // copy the convolution needs anyway), the convolution is the backend's library convolution
 // (oneDNN on CPU, cuDNN on CUDA) on the shared weight, and demodulation scales output channels
-// (fused into the FIR pass for up=2). The backward never forms a weight gradient.
+// (fused into the FIR pass for up=2). On the CPU, the 3x3 "same" layers instead run our Winograd
+// F(4x4, 3x3) convolution with both scalings fused into its transforms (cpu/winograd_conv.cpp).
+// The backward never forms a weight gradient.
 #include <torch/library.h>
 
 #include <cstdlib>
 #include <string>
 
 #include "backend.h"
+#include "winograd_filters.h"
 
 namespace pulse_ext {
 namespace {
@@ -197,6 +200,33 @@ bool is_pointwise(const at::Tensor& weight, int64_t up, int64_t padding) {
   return weight.size(2) == 1 && up == 1 && padding == 0;
 }
 
+// Which convolution runs the CPU's 3x3 "same" layers (stride 1, padding 1) in fp32/fp64: Winograd
+// F(4x4, 3x3) with the style scaling and demodulation fused into its transforms
+// (cpu/winograd_conv.cpp), or oneDNN's direct convolution around our scaling kernels. PULSE_EXT_CPU_CONV
+// = auto (the default: Winograd), winograd or onednn, so benchmarks and tests can compare them.
+bool cpu_uses_winograd(const at::Tensor& weight, int64_t up, int64_t padding, ConvDtype conv_dtype) {
+  const char* value = std::getenv("PULSE_EXT_CPU_CONV");
+  const std::string choice = value == nullptr || *value == '\0' ? "auto" : value;
+  TORCH_CHECK(choice == "auto" || choice == "winograd" || choice == "onednn",
+              "PULSE_EXT_CPU_CONV must be 'auto', 'winograd' or 'onednn', got '", choice, "'");
+  const bool applicable = weight.size(2) == 3 && up == 1 && padding == 1 &&
+                          (!conv_dtype || *conv_dtype == weight.scalar_type());
+  return applicable && choice != "onednn";
+}
+
+// y [N, Cout, H, W] (NHWC memory) = out_scale * conv3x3(x * in_scale); scales [N, C] or absent.
+at::Tensor winograd_conv3x3(const at::Tensor& x_nhwc, const at::Tensor& filter, const std::optional<at::Tensor>& in_scale,
+                            const std::optional<at::Tensor>& out_scale, int64_t cout) {
+  const int64_t n = x_nhwc.size(0), cin = x_nhwc.size(1), h = x_nhwc.size(2), w = x_nhwc.size(3);
+  at::Tensor y = at::empty({n, cout, h, w}, x_nhwc.options().memory_format(kChannelsLast));
+  AT_DISPATCH_FLOATING_TYPES(x_nhwc.scalar_type(), "winograd_conv3x3_nhwc", [&] {
+    cpu::winograd_conv3x3_nhwc<scalar_t>(x_nhwc.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(in_scale),
+                                         filter.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(out_scale),
+                                         y.data_ptr<scalar_t>(), n, h, w, cin, cout);
+  });
+  return y;
+}
+
 // weight [Cout, Cin, 1, 1] scaled per sample by styles: [N, Cout, Cin].
 at::Tensor per_sample_pointwise_weight(const at::Tensor& weight, const at::Tensor& styles) {
   return weight.reshape({1, weight.size(0), weight.size(1)}) * styles.unsqueeze(1);
@@ -227,6 +257,8 @@ at::Tensor modulated_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, c
     return y;
   }
   const at::Tensor x_nhwc = x.contiguous(kChannelsLast);
+  if (cpu_uses_winograd(weight, up, padding, conv_dtype))
+    return winograd_conv3x3(x_nhwc, winograd_filter(weight, /*adjoint=*/false), styles, demod, cout);
   at::Tensor xs = at::empty(x.sizes(), x.options().memory_format(kChannelsLast));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "scale_channels_nhwc", [&] {
     cpu::scale_channels_nhwc<scalar_t>(x_nhwc.const_data_ptr<scalar_t>(), styles.const_data_ptr<scalar_t>(),
@@ -253,6 +285,23 @@ at::Tensor modulated_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, c
   return y;
 }
 
+// From the gradient wrt the style-scaled input (NHWC): grad_x = grad_xs * s, grad_s = sum over pixels of
+// grad_xs * x; returned with grad_demod as the backward's result.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_channels_backward_nhwc(const at::Tensor& grad_xs,
+                                                                           const at::Tensor& x_nhwc,
+                                                                           const at::Tensor& styles,
+                                                                           const at::Tensor& grad_demod) {
+  const int64_t n = x_nhwc.size(0), cin = x_nhwc.size(1), hw = x_nhwc.size(2) * x_nhwc.size(3);
+  at::Tensor grad_x = at::empty(x_nhwc.sizes(), x_nhwc.options().memory_format(kChannelsLast));
+  at::Tensor grad_styles = at::empty({n, cin}, x_nhwc.options());
+  AT_DISPATCH_FLOATING_TYPES(x_nhwc.scalar_type(), "scale_channels_backward_nhwc", [&] {
+    cpu::scale_channels_backward_nhwc<scalar_t>(grad_xs.const_data_ptr<scalar_t>(), x_nhwc.const_data_ptr<scalar_t>(),
+                                                styles.const_data_ptr<scalar_t>(), grad_x.data_ptr<scalar_t>(),
+                                                grad_styles.data_ptr<scalar_t>(), n, cin, hw);
+  });
+  return {grad_x, grad_styles, grad_demod};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_cpu(
     const at::Tensor& grad, const at::Tensor& y, const at::Tensor& x, const at::Tensor& weight,
     const at::Tensor& styles, const std::optional<at::Tensor>& demod, int64_t up, int64_t padding,
@@ -263,12 +312,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_cpu(
     return modulated_conv2d_backward_generic(grad, y, x.contiguous(), weight, styles, demod, up, padding, conv_dtype);
   at::Tensor g = grad.contiguous(kChannelsLast);
   at::Tensor grad_demod = at::empty({0}, x.options());
-  if (demod) {
-    // d loss / d demod = sum(grad * y) / demod; then the gradient of the un-demodulated output.
-    grad_demod = (g * y).sum({2, 3}) / *demod;
-    g = (g * demod->reshape({n, cout, 1, 1})).contiguous(kChannelsLast);
-  }
   const at::Tensor x_nhwc = x.contiguous(kChannelsLast);
+  // d loss / d demod = sum(grad * y) / demod
+  if (demod) grad_demod = (g * y).sum({2, 3}) / *demod;
+  at::Tensor grad_xs;
+  if (cpu_uses_winograd(weight, up, padding, conv_dtype)) {
+    // The data gradient: the convolution with the flipped, transposed filter, demod scaling its input.
+    grad_xs = winograd_conv3x3(g, winograd_filter(weight, /*adjoint=*/true), demod, std::nullopt, cin);
+    return scale_channels_backward_nhwc(grad_xs, x_nhwc, styles, grad_demod);
+  }
+  // The gradient of the un-demodulated output.
+  if (demod) g = (g * demod->reshape({n, cout, 1, 1})).contiguous(kChannelsLast);
   if (pointwise) {
     const at::Tensor g3 = pixels_by_channels(g), x3 = pixels_by_channels(x_nhwc);
     at::Tensor grad_x = as_channels_last(
@@ -283,7 +337,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_cpu(
   const at::Tensor input_like = at::empty(
       x.sizes(), x.options().dtype(conv_dtype.value_or(x.scalar_type())).memory_format(kChannelsLast));
   const at::Tensor weight_conv = to_conv(weight, conv_dtype);
-  at::Tensor grad_xs;
   if (up == 1) {
     grad_xs = std::get<0>(at::convolution_backward(to_conv(g, conv_dtype), input_like, weight_conv, std::nullopt,
                                                    {1, 1}, {padding, padding}, {1, 1}, false, {0, 0}, 1,
@@ -298,15 +351,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_cpu(
                                                    std::nullopt, {2, 2}, {0, 0}, {1, 1}, true, {0, 0}, 1,
                                                    {true, false, false}));
   }
-  grad_xs = from_conv(grad_xs, x).contiguous(kChannelsLast);
-  at::Tensor grad_x = at::empty(x.sizes(), x.options().memory_format(kChannelsLast));
-  at::Tensor grad_styles = at::empty({n, cin}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "scale_channels_backward_nhwc", [&] {
-    cpu::scale_channels_backward_nhwc<scalar_t>(grad_xs.const_data_ptr<scalar_t>(), x_nhwc.const_data_ptr<scalar_t>(),
-                                                styles.const_data_ptr<scalar_t>(), grad_x.data_ptr<scalar_t>(),
-                                                grad_styles.data_ptr<scalar_t>(), n, cin, h * w);
-  });
-  return {grad_x, grad_styles, grad_demod};
+  return scale_channels_backward_nhwc(from_conv(grad_xs, x).contiguous(kChannelsLast), x_nhwc, styles, grad_demod);
 }
 
 at::Tensor modulated_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& styles,

@@ -206,6 +206,20 @@ MODCONV_CASES = [
 ]
 
 
+# The CPU runs a modulated convolution three ways: channels-last with Winograd F(4x4, 3x3) for the 3x3
+# "same" layers (the default), channels-last with oneDNN's direct convolution, and the device-generic
+# NCHW path CUDA uses. Each test of the fused op runs all three.
+CPU_PATHS = {"nhwc-winograd": ("nhwc", "winograd"), "nhwc-onednn": ("nhwc", "onednn"), "nchw": ("nchw", "auto")}
+
+
+def use_cpu_path(monkeypatch, device, cpu_path):
+    if device == "cuda" and cpu_path != "nhwc-winograd":
+        pytest.skip("the CPU path only affects CPU tensors")
+    layout, conv = CPU_PATHS[cpu_path]
+    monkeypatch.setenv("PULSE_EXT_CPU_LAYOUT", layout)
+    monkeypatch.setenv("PULSE_EXT_CPU_CONV", conv)
+
+
 def make_modconv_inputs(n, cin, cout, h, k, device, dtype=torch.float32):
     g = torch.Generator().manual_seed(n * 100 + cin * 10 + h)
     x = torch.randn(n, cin, h, h, generator=g, dtype=dtype).to(device)
@@ -230,12 +244,9 @@ def assert_modconv_matches_reference(x, weight, styles, demodulate, up):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", MODCONV_CASES, ids=lambda c: f"n{c[0]}-{c[1]}to{c[2]}-{c[3]}px-k{c[4]}-up{c[5]}-d{int(c[6])}")
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("cpu_path", ["nhwc", "nchw"])
+@pytest.mark.parametrize("cpu_path", CPU_PATHS)
 def test_modulated_conv2d_matches_reference(monkeypatch, device, case, layout, cpu_path):
-    """On CPU both paths: channels-last (the default) and the device-generic NCHW path CUDA uses."""
-    if device == "cuda" and cpu_path == "nchw":
-        pytest.skip("PULSE_EXT_CPU_LAYOUT only affects CPU tensors")
-    monkeypatch.setenv("PULSE_EXT_CPU_LAYOUT", cpu_path)
+    use_cpu_path(monkeypatch, device, cpu_path)
     n, cin, cout, h, k, up, demodulate = case
     x, weight, styles = make_modconv_inputs(n, cin, cout, h, k, device)
     x = in_layout(x, layout)
@@ -272,13 +283,12 @@ def _relative_max_diff(a, b):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", [c for c in MODCONV_CASES if c[3] <= 16],
                          ids=lambda c: f"n{c[0]}-{c[1]}to{c[2]}-{c[3]}px-k{c[4]}-up{c[5]}")
-@pytest.mark.parametrize("cpu_path", ["nhwc", "nchw"])
+@pytest.mark.parametrize("cpu_path", CPU_PATHS)
 def test_modulated_conv2d_bf16_convolution(monkeypatch, device, case, cpu_path):
     """conv_dtype=bfloat16: fused matches the reference (same casts) to bf16 precision, and both differ
-    from fp32 by bf16 rounding only; outputs and grads stay float32."""
-    if device == "cuda" and cpu_path == "nchw":
-        pytest.skip("PULSE_EXT_CPU_LAYOUT only affects CPU tensors")
-    monkeypatch.setenv("PULSE_EXT_CPU_LAYOUT", cpu_path)
+    from fp32 by bf16 rounding only; outputs and grads stay float32. (The fp32 rows of the Winograd
+    path run Winograd, its bf16 rows oneDNN.)"""
+    use_cpu_path(monkeypatch, device, cpu_path)
     n, cin, cout, h, k, up, demodulate = case
     x, weight, styles = make_modconv_inputs(n, cin, cout, h, k, device)
     x = in_layout(x, "channels_last")
@@ -340,9 +350,9 @@ def test_modulated_conv2d_weight_grad_opcheck(device):
                               (grad, x, weight, styles, demod, up, 1))
 
 
-@pytest.mark.parametrize("cpu_path", ["nhwc", "nchw"])
+@pytest.mark.parametrize("cpu_path", CPU_PATHS)
 def test_modulated_conv2d_gradcheck_float64(monkeypatch, cpu_path):
-    monkeypatch.setenv("PULSE_EXT_CPU_LAYOUT", cpu_path)
+    use_cpu_path(monkeypatch, "cpu", cpu_path)
     x, weight, styles = make_modconv_inputs(2, 3, 4, 5, 3, "cpu", torch.float64)
     x, weight, styles = leaves(x, weight, styles)
     for up in (1, 2):
@@ -366,9 +376,9 @@ def test_modulated_conv2d_bf16_opcheck(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("cpu_path", ["nhwc", "nchw"])
+@pytest.mark.parametrize("cpu_path", CPU_PATHS)
 def test_modulated_conv2d_opcheck(monkeypatch, device, cpu_path):
-    monkeypatch.setenv("PULSE_EXT_CPU_LAYOUT", cpu_path)
+    use_cpu_path(monkeypatch, device, cpu_path)
     x, weight, styles = make_modconv_inputs(2, 3, 4, 5, 3, device)
     x.requires_grad_()
     styles.requires_grad_()
@@ -376,6 +386,84 @@ def test_modulated_conv2d_opcheck(monkeypatch, device, cpu_path):
     for up in (1, 2):
         torch.torch.library.opcheck(torch.ops.pulse_ext.modulated_conv2d.default, (x, weight, styles, demod, up, 1))
     torch.library.opcheck(torch.ops.pulse_ext.modulated_conv2d.default, (x, weight[:, :, :1, :1], styles, None, 1, 0))
+
+
+# Shapes that reach every part of the Winograd kernel: spatial sizes that are not multiples of its 4x4
+# tiles (down to 1x1), tiles of several samples in one block and blocks over several threads, and output
+# channel counts that take each register-tile width (64/32/16 floats) and the scalar tail.
+WINOGRAD_CASES = [
+    # (N, Cin, Cout, H, W)
+    (1, 2, 3, 1, 1),
+    (2, 3, 2, 2, 3),
+    (3, 5, 115, 5, 7),       # 115 = 64 + 32 + 16 + 3 output channels
+    (2, 70, 19, 9, 13),      # 70 = 64 + 6 input channels (the transforms' 64-channel chunks + a tail)
+    (5, 16, 48, 17, 6),
+    (40, 8, 8, 12, 12),      # 360 tiles: many blocks
+]
+
+
+@pytest.mark.parametrize("case", WINOGRAD_CASES, ids=lambda c: "n{}-{}to{}-{}x{}".format(*c))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_winograd_convolution_matches_reference(monkeypatch, case, dtype):
+    """The CPU Winograd F(4x4, 3x3) path against the reference: forward, and grads wrt x and styles,
+    with and without demodulation (demod is fused into its output transform, styles into its input
+    transform, and the backward runs it on the transposed, flipped filter)."""
+    monkeypatch.setenv("PULSE_EXT_CPU_CONV", "winograd")
+    n, cin, cout, h, w = case
+    g = torch.Generator().manual_seed(n * 1000 + cin * 10 + cout)
+    x = torch.randn(n, cin, h, w, generator=g, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(cout, cin, 3, 3, generator=g, dtype=dtype)
+    styles = torch.randn(n, cin, generator=g, dtype=dtype) + 1
+    rel = 1e-4 if dtype == torch.float32 else 1e-11
+
+    def assert_close_to_scale(a, b, what):
+        # Winograd's rounding error scales with the magnitude of the sums, not of each output element
+        # (undemodulated outputs here reach ~40): bound the difference relative to the tensor's scale.
+        torch.testing.assert_close(a, b, rtol=rel, atol=rel * float(b.detach().abs().max()), msg=lambda m: f"{what}: {m}")
+
+    for demodulate in (True, False):
+        (x_f, s_f), (x_r, s_r) = leaves(x, styles), leaves(x, styles)
+        y_f = ops.modulated_conv2d(x_f, weight, s_f, demodulate=demodulate, impl="fused")
+        y_r = ops.modulated_conv2d(x_r, weight, s_r, demodulate=demodulate, impl="reference")
+        assert y_f.is_contiguous(memory_format=torch.channels_last)
+        assert_close_to_scale(y_f, y_r, "output")
+        grad = torch.randn(y_r.shape, generator=g, dtype=dtype)
+        y_f.backward(grad)
+        y_r.backward(grad)
+        assert_close_to_scale(x_f.grad, x_r.grad, "grad of x")
+        assert_close_to_scale(s_f.grad, s_r.grad, "grad of styles")
+
+
+def test_winograd_filter_cache_sees_every_weight_change(monkeypatch):
+    """Transformed filters are cached by the weight's contents: a weight changed in place (also through
+    .data, which bumps no version counter) or another weight of the same shape never gets a stale one."""
+    monkeypatch.setenv("PULSE_EXT_CPU_CONV", "winograd")
+    x, weight, styles = make_modconv_inputs(3, 6, 7, 9, 3, "cpu")
+    other = torch.randn_like(weight)
+
+    def check(w):
+        xi = x.clone().requires_grad_()
+        y = ops.modulated_conv2d(xi, w, styles, impl="fused")
+        torch.testing.assert_close(y, ops.modulated_conv2d(x, w, styles, impl="reference"), **CONV_TOL)
+        (gx,) = torch.autograd.grad(y.square().sum(), xi)
+        xr = x.clone().requires_grad_()
+        (gr,) = torch.autograd.grad(ops.modulated_conv2d(xr, w, styles, impl="reference").square().sum(), xr)
+        torch.testing.assert_close(gx, gr, rtol=1e-4, atol=1e-3)
+
+    for w in (weight, other, weight):
+        check(w)
+    weight.data.mul_(-0.5)
+    check(weight)
+    with torch.no_grad():
+        weight[0, 0, 1, 1] += 3.0
+    check(weight)
+
+
+def test_unknown_cpu_conv_is_reported(monkeypatch):
+    x, weight, styles = make_modconv_inputs(2, 3, 4, 5, 3, "cpu")
+    monkeypatch.setenv("PULSE_EXT_CPU_CONV", "fastest")
+    with pytest.raises(RuntimeError, match="PULSE_EXT_CPU_CONV must be 'auto', 'winograd' or 'onednn', got 'fastest'"):
+        ops.modulated_conv2d(x, weight, styles, impl="fused")
 
 
 def test_demodulation_coefficients_equal_nvidia_form():

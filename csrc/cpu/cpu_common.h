@@ -12,6 +12,14 @@
 #define PULSE_CPU_MULTIVERSION
 #endif
 
+// A helper of a PULSE_CPU_MULTIVERSION function: inlined into each of its clones, so that it is
+// compiled for that clone's instruction set (a call would run the baseline x86-64 version).
+#if defined(__GNUC__) || defined(__clang__)
+#define PULSE_CPU_INLINE inline __attribute__((always_inline))
+#else
+#define PULSE_CPU_INLINE inline
+#endif
+
 namespace pulse_ext::cpu {
 
 // About as many elements per parallel task as ATen's own GRAIN_SIZE: small ops stay on the calling

@@ -1,0 +1,329 @@
+// 3x3 stride-1 convolutions with padding 1 on NHWC tensors by Winograd's minimal filtering
+// F(4x4, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016).
+//
+// Why: on the CPU the PULSE step is bound by its 3x3 convolutions, which oneDNN already runs near
+// the fp32 FMA rate. F(4x4, 3x3) computes each 4x4 output tile from a 6x6 input tile with 36
+// multiplications per (input, output) channel pair instead of 144: the product becomes 36
+// independent GEMMs, one per transform point, of [tiles, Cin] x [Cin, Cout].
+//
+// How: tiles are processed in blocks small enough that the block's transformed input V
+// ([36][tiles][Cin]) and product M ([36][tiles][Cout]) stay in the core's L2 cache. Per block:
+//   1. input transform  V = B^T d B of every 6x6 input tile, each channel times in_scale[n, c]
+//      (the modulation's style scaling, fused here instead of a separate pass);
+//   2. 36 GEMMs         M[p] = V[p] U[p], U = G g G^T the transformed 3x3 filter;
+//   3. output transform Y = A^T M A, times out_scale[n, k] (demodulation), written to the output.
+// Every inner loop runs along channels, which NHWC keeps contiguous, so they vectorise.
+//
+// Accuracy: the transforms use the points 0, +-1, +-2; in fp32 the result differs from a direct
+// convolution by about 1e-6 of the output's magnitude (tests bound it against the reference).
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "../kernels.h"
+#include "cpu_common.h"
+
+namespace pulse_ext::cpu {
+namespace {
+
+constexpr int kTile = 4;                // output pixels per tile side
+constexpr int kAlpha = kTile + 3 - 1;   // input pixels per tile side
+constexpr int kPoints = kAlpha * kAlpha;
+
+// Channels handled at once by the transforms: a [6][6][kChunk] working set stays in L1.
+constexpr int64_t kChunk = 64;
+
+// ---------------------------------------------------------------------------------------- transforms
+
+// u_p = (G g)_p, the filter transform along one axis (3 taps -> 6 points), for vectors of `len`
+// elements: g_a at g + a * g_stride, u_p at u + p * u_stride.
+template <typename T>
+PULSE_CPU_INLINE void filter_transform_1d(const T* __restrict g, int64_t g_stride, T* __restrict u, int64_t u_stride,
+                                          int64_t len) {
+  for (int64_t l = 0; l < len; ++l) {
+    const T g0 = g[l], g1 = g[g_stride + l], g2 = g[2 * g_stride + l];
+    u[l] = g0 / T(4);
+    u[u_stride + l] = -(g0 + g1 + g2) / T(6);
+    u[2 * u_stride + l] = -(g0 - g1 + g2) / T(6);
+    u[3 * u_stride + l] = g0 / T(24) + g1 / T(12) + g2 / T(6);
+    u[4 * u_stride + l] = g0 / T(24) - g1 / T(12) + g2 / T(6);
+    u[5 * u_stride + l] = g2;
+  }
+}
+
+// One input channel of the filter transform, vectorised over the conv_out output channels: taps
+// (a, b) of output channel co at w[co * co_stride + a * 3 + b] (flipped when adjoint); writes
+// (G g G^T)[p] to U[p * point_stride + co]. scratch: 27 * conv_out elements.
+template <typename T>
+PULSE_CPU_MULTIVERSION void filter_transform_channel(const T* w, int64_t co_stride, bool adjoint, int64_t conv_out,
+                                                     T* scratch, T* U, int64_t point_stride) {
+  T* taps = scratch;                     // [3][3][conv_out]
+  T* rows = scratch + 9 * conv_out;      // [6][3][conv_out]: G along the filter's rows
+  for (int tap = 0; tap < 9; ++tap) {
+    const int source = adjoint ? 8 - tap : tap;
+    T* __restrict dst = taps + tap * conv_out;
+    for (int64_t co = 0; co < conv_out; ++co) dst[co] = w[co * co_stride + source];
+  }
+  for (int b = 0; b < 3; ++b)
+    filter_transform_1d(taps + b * conv_out, 3 * conv_out, rows + b * conv_out, 3 * conv_out, conv_out);
+  for (int p = 0; p < 6; ++p)
+    filter_transform_1d(rows + p * 3 * conv_out, conv_out, U + p * kAlpha * point_stride, point_stride, conv_out);
+}
+
+// r_i = (B^T d)_i for 6 vectors of `len` elements: d_j at d + j * in_stride, r_i at r + i * out_stride.
+template <typename T>
+PULSE_CPU_INLINE void input_transform_1d(const T* __restrict d, int64_t in_stride, T* __restrict r,
+                                         int64_t out_stride, int64_t len) {
+  for (int64_t l = 0; l < len; ++l) {
+    const T d0 = d[l], d1 = d[in_stride + l], d2 = d[2 * in_stride + l], d3 = d[3 * in_stride + l],
+            d4 = d[4 * in_stride + l], d5 = d[5 * in_stride + l];
+    r[l] = T(4) * d0 - T(5) * d2 + d4;
+    r[out_stride + l] = d3 + d4 - T(4) * (d1 + d2);
+    r[2 * out_stride + l] = d4 - d3 + T(4) * (d1 - d2);
+    r[3 * out_stride + l] = d4 - d2 + T(2) * (d3 - d1);
+    r[4 * out_stride + l] = d4 - d2 + T(2) * (d1 - d3);
+    r[5 * out_stride + l] = T(4) * d1 - T(5) * d3 + d5;
+  }
+}
+
+// o_i = (A^T m)_i, i < 4, for 6 vectors of `len` elements: m_j at m + j * in_stride, o_i at o + i * out_stride.
+template <typename T>
+PULSE_CPU_INLINE void output_transform_1d(const T* __restrict m, int64_t in_stride, T* __restrict o,
+                                          int64_t out_stride, int64_t len) {
+  for (int64_t l = 0; l < len; ++l) {
+    const T m0 = m[l], m1 = m[in_stride + l], m2 = m[2 * in_stride + l], m3 = m[3 * in_stride + l],
+            m4 = m[4 * in_stride + l], m5 = m[5 * in_stride + l];
+    const T sum12 = m1 + m2, diff12 = m1 - m2, sum34 = m3 + m4, diff34 = m3 - m4;
+    o[l] = m0 + sum12 + sum34;
+    o[out_stride + l] = diff12 + T(2) * diff34;
+    o[2 * out_stride + l] = sum12 + T(4) * sum34;
+    o[3 * out_stride + l] = diff12 + T(8) * diff34 + m5;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- GEMM
+
+// 64 bytes of T (one AVX-512 register; two AVX2 or four SSE registers on the other clones).
+template <typename T>
+struct Vec64;
+template <>
+struct Vec64<float> {
+  typedef float type __attribute__((vector_size(64)));
+};
+template <>
+struct Vec64<double> {
+  typedef double type __attribute__((vector_size(64)));
+};
+
+// out[r][j] = sum_c a[r][c] * b[c][j] for kRows rows and kVecs vectors of columns (row strides lda,
+// ldb, ldo). The kRows x kVecs accumulators are vector variables, so they live in registers.
+template <typename T, int kRows, int kVecs>
+PULSE_CPU_INLINE void gemm_tile(const T* __restrict a, int64_t lda, const T* __restrict b, int64_t ldb,
+                                T* __restrict out, int64_t ldo, int64_t depth) {
+  using V = typename Vec64<T>::type;
+  constexpr int kLanes = int(sizeof(V) / sizeof(T));
+  V acc[kRows][kVecs];
+#pragma GCC unroll 16
+  for (int r = 0; r < kRows; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < kVecs; ++v) acc[r][v] = V{};
+  for (int64_t c = 0; c < depth; ++c) {
+    V bv[kVecs];
+#pragma GCC unroll 4
+    for (int v = 0; v < kVecs; ++v) std::memcpy(&bv[v], b + c * ldb + v * kLanes, sizeof(V));
+#pragma GCC unroll 16
+    for (int r = 0; r < kRows; ++r) {
+      const T av = a[r * lda + c];
+#pragma GCC unroll 4
+      for (int v = 0; v < kVecs; ++v) acc[r][v] += av * bv[v];
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < kRows; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < kVecs; ++v) std::memcpy(out + r * ldo + v * kLanes, &acc[r][v], sizeof(V));
+}
+
+// The same for any rows and columns (the edges of the product), plain loops.
+template <typename T>
+PULSE_CPU_INLINE void gemm_edge(const T* __restrict a, int64_t lda, const T* __restrict b, int64_t ldb,
+                                T* __restrict out, int64_t ldo, int64_t rows, int64_t cols, int64_t depth) {
+  for (int64_t r = 0; r < rows; ++r) {
+    T* __restrict o = out + r * ldo;
+    std::fill(o, o + cols, T(0));
+    for (int64_t c = 0; c < depth; ++c) {
+      const T av = a[r * lda + c];
+      const T* __restrict brow = b + c * ldb;
+      for (int64_t j = 0; j < cols; ++j) o[j] += av * brow[j];
+    }
+  }
+}
+
+// Columns [j, j + kVecs vectors) of out for all rows: register tiles of kRows rows, plain loops for the rest.
+template <typename T, int kRows, int kVecs>
+PULSE_CPU_INLINE void gemm_columns(const T* a, const T* b, T* out, int64_t rows, int64_t cols, int64_t depth,
+                                   int64_t j) {
+  int64_t r = 0;
+  for (; r + kRows <= rows; r += kRows)
+    gemm_tile<T, kRows, kVecs>(a + r * depth, depth, b + j, cols, out + r * cols + j, cols, depth);
+  if (r < rows)
+    gemm_edge(a + r * depth, depth, b + j, cols, out + r * cols + j, cols, rows - r, kVecs * int64_t(64 / sizeof(T)),
+              depth);
+}
+
+// out [rows, cols] = a [rows, depth] x b [depth, cols], all row-major and contiguous.
+template <typename T>
+PULSE_CPU_MULTIVERSION void gemm(const T* a, const T* b, T* out, int64_t rows, int64_t cols, int64_t depth) {
+  constexpr int64_t kLanes = 64 / sizeof(T);
+  // Register tiles of 6 rows x 4 vectors (24 accumulators on AVX-512); 12 x 2 and 12 x 1 for the
+  // narrower column tails (the 32- and 16-channel layers); plain loops for what is left.
+  int64_t j = 0;
+  for (; j + 4 * kLanes <= cols; j += 4 * kLanes) gemm_columns<T, 6, 4>(a, b, out, rows, cols, depth, j);
+  for (; j + 2 * kLanes <= cols; j += 2 * kLanes) gemm_columns<T, 12, 2>(a, b, out, rows, cols, depth, j);
+  for (; j + kLanes <= cols; j += kLanes) gemm_columns<T, 12, 1>(a, b, out, rows, cols, depth, j);
+  if (j < cols) gemm_edge(a, depth, b + j, cols, out + j, cols, rows, cols - j, depth);
+}
+
+// ------------------------------------------------------------------------------------- tile blocks
+
+struct TileGrid {
+  int64_t N, H, W, tiles_h, tiles_w;
+  int64_t count() const { return N * tiles_h * tiles_w; }
+  // Sample, first output row and first output column of tile t.
+  void locate(int64_t t, int64_t& n, int64_t& row, int64_t& col) const {
+    n = t / (tiles_h * tiles_w);
+    const int64_t in_sample = t % (tiles_h * tiles_w);
+    row = (in_sample / tiles_w) * kTile;
+    col = (in_sample % tiles_w) * kTile;
+  }
+};
+
+// V[p][b][c] for the tiles [first, first + count): B^T d B of each 6x6 input tile, times in_scale.
+template <typename T>
+PULSE_CPU_MULTIVERSION void transform_input_block(const T* x, const T* in_scale, const TileGrid& grid, int64_t C,
+                                                  int64_t first, int64_t count, T* V, T* scratch) {
+  T* d = scratch;                            // [6][6][kChunk]: the input tile
+  T* t = scratch + kPoints * kChunk;         // [6][6][kChunk]: B^T d
+  for (int64_t b = 0; b < count; ++b) {
+    int64_t n, row, col;
+    grid.locate(first + b, n, row, col);
+    for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
+      const int64_t len = std::min(kChunk, C - c0);
+      const T* s = in_scale ? in_scale + n * C + c0 : nullptr;
+      for (int i = 0; i < kAlpha; ++i) {
+        const int64_t h = row - 1 + i;
+        for (int j = 0; j < kAlpha; ++j) {
+          const int64_t w = col - 1 + j;
+          T* __restrict dst = d + (i * kAlpha + j) * kChunk;
+          if (h < 0 || h >= grid.H || w < 0 || w >= grid.W) {
+            for (int64_t l = 0; l < len; ++l) dst[l] = T(0);
+            continue;
+          }
+          const T* __restrict src = x + ((n * grid.H + h) * grid.W + w) * C + c0;
+          if (s) {
+            for (int64_t l = 0; l < len; ++l) dst[l] = src[l] * s[l];
+          } else {
+            for (int64_t l = 0; l < len; ++l) dst[l] = src[l];
+          }
+        }
+      }
+      // Along the tile's columns (index i), then along its rows (index j) straight into V[i * 6 + j].
+      for (int j = 0; j < kAlpha; ++j)
+        input_transform_1d(d + j * kChunk, kAlpha * kChunk, t + j * kChunk, kAlpha * kChunk, len);
+      for (int i = 0; i < kAlpha; ++i)
+        input_transform_1d(t + i * kAlpha * kChunk, kChunk, V + (i * kAlpha * count + b) * C + c0, count * C, len);
+    }
+  }
+}
+
+// y for the tiles [first, first + count): A^T M A of each tile's 6x6 products, times out_scale.
+template <typename T>
+PULSE_CPU_MULTIVERSION void transform_output_block(const T* M, const T* out_scale, const TileGrid& grid, int64_t K,
+                                                   int64_t first, int64_t count, T* y, T* scratch) {
+  T* o = scratch;                            // [4][6][kChunk]: A^T M
+  T* out = scratch + kPoints * kChunk;       // [4][kChunk]: one output row of the tile
+  for (int64_t b = 0; b < count; ++b) {
+    int64_t n, row, col;
+    grid.locate(first + b, n, row, col);
+    for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
+      const int64_t len = std::min(kChunk, K - k0);
+      const T* s = out_scale ? out_scale + n * K + k0 : nullptr;
+      // Along the columns (M[i * 6 + j] over i), then along each output row.
+      for (int j = 0; j < kAlpha; ++j)
+        output_transform_1d(M + (j * count + b) * K + k0, kAlpha * count * K, o + j * kChunk, kAlpha * kChunk, len);
+      for (int i = 0; i < kTile && row + i < grid.H; ++i) {
+        output_transform_1d(o + i * kAlpha * kChunk, kChunk, out, kChunk, len);
+        for (int j = 0; j < kTile && col + j < grid.W; ++j) {
+          T* __restrict dst = y + ((n * grid.H + row + i) * grid.W + col + j) * K + k0;
+          const T* __restrict src = out + j * kChunk;
+          if (s) {
+            for (int64_t l = 0; l < len; ++l) dst[l] = src[l] * s[l];
+          } else {
+            for (int64_t l = 0; l < len; ++l) dst[l] = src[l];
+          }
+        }
+      }
+    }
+  }
+}
+
+// Tiles per block: V and M of a block ([36][tiles][Cin + Cout]) take about half of a 1 MiB L2.
+template <typename T>
+int64_t tiles_per_block(int64_t Cin, int64_t Cout) {
+  constexpr int64_t kBlockBytes = 512 * 1024;
+  const int64_t tiles = kBlockBytes / (kPoints * (Cin + Cout) * int64_t(sizeof(T)));
+  return std::clamp<int64_t>(tiles / 12 * 12, 12, 96);
+}
+
+}  // namespace
+
+template <typename T>
+void winograd_filter_transform(const T* weight, int64_t Cout, int64_t Cin, bool adjoint, T* U) {
+  // As a convolution from conv_in to conv_out channels: forward Cin -> Cout with tap (i, o, a, b) =
+  // weight[o][i][a][b]; adjoint (the data gradient) Cout -> Cin with the flipped filter,
+  // tap (o, i, a, b) = weight[o][i][2 - a][2 - b]. U[p][ci][co] = (G tap(ci, co) G^T)[p].
+  const int64_t conv_in = adjoint ? Cout : Cin, conv_out = adjoint ? Cin : Cout;
+  const int64_t co_stride = adjoint ? 9 : Cin * 9, ci_stride = adjoint ? Cin * 9 : 9;
+  at::parallel_for(0, conv_in, grain_for(conv_out * kPoints), [&](int64_t begin, int64_t end) {
+    std::vector<T> buffer(9 * conv_out + 18 * conv_out);
+    for (int64_t ci = begin; ci < end; ++ci)
+      filter_transform_channel(weight + ci * ci_stride, co_stride, adjoint, conv_out, buffer.data(), U + ci * conv_out,
+                               conv_in * conv_out);
+  });
+}
+
+template <typename T>
+void winograd_conv3x3_nhwc(const T* x, const T* in_scale, const T* U, const T* out_scale, T* y, int64_t N, int64_t H,
+                           int64_t W, int64_t Cin, int64_t Cout) {
+  const TileGrid grid{N, H, W, (H + kTile - 1) / kTile, (W + kTile - 1) / kTile};
+  const int64_t block = tiles_per_block<T>(Cin, Cout), blocks = (grid.count() + block - 1) / block;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    // Per-thread buffers that persist across calls: a fresh ~1 MiB allocation per call would be a
+    // new mapping whose page faults cost as much as a small layer's convolution.
+    thread_local std::vector<T> workspace;
+    const size_t needed = size_t(kPoints * block * (Cin + Cout) + 2 * kPoints * kChunk);
+    if (workspace.size() < needed) workspace.resize(needed);
+    T* V = workspace.data();
+    T* M = V + kPoints * block * Cin;
+    T* scratch = M + kPoints * block * Cout;
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t first = blk * block, count = std::min(block, grid.count() - first);
+      transform_input_block(x, in_scale, grid, Cin, first, count, V, scratch);
+      for (int p = 0; p < kPoints; ++p) gemm(V + p * count * Cin, U + p * Cin * Cout, M + p * count * Cout, count, Cout, Cin);
+      transform_output_block(M, out_scale, grid, Cout, first, count, y, scratch);
+    }
+  });
+}
+
+#define INSTANTIATE(T)                                                                                        \
+  template void winograd_filter_transform<T>(const T*, int64_t, int64_t, bool, T*);                           \
+  template void winograd_conv3x3_nhwc<T>(const T*, const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, \
+                                         int64_t, int64_t);
+INSTANTIATE(float)
+INSTANTIATE(double)
+#undef INSTANTIATE
+
+}  // namespace pulse_ext::cpu
