@@ -16,9 +16,9 @@
 namespace pulse_ext {
 namespace {
 
-// Filters larger than this are transformed per call (for them the transform is a negligible part
-// of the convolution); the cache holds at most kCacheBytes (least recently used first out).
-constexpr int64_t kMaxEntryBytes = int64_t(32) << 20;
+// Filters larger than this (beyond 256 x 256 channels in fp32, which PULSE_EXT_CPU_CONV=auto sends to
+// oneDNN) are transformed per call; the cache holds at most kCacheBytes (least recently used first out).
+constexpr int64_t kMaxEntryBytes = int64_t(16) << 20;
 constexpr int64_t kCacheBytes = int64_t(256) << 20;
 
 at::Tensor transform(const at::Tensor& w, bool adjoint) {
