@@ -1,7 +1,7 @@
 """End-to-end PULSE benchmark: restart-steps per second of the real search loop, three modulation paths.
 
     python benchmarks/bench_e2e.py [--device cpu|cuda] [--threads N] [--sizes 64,256,1024]
-        [--restarts 1,8,32,64] [--paths fused,reference,grouped] [--steps N] [--max-step-seconds S]
+        [--restarts 1,8,32,64] [--paths fused,fused_onednn,reference,grouped] [--steps N] [--max-step-seconds S]
     python benchmarks/bench_e2e.py --study      # CPU loop optimisations on/off -> e2e-<device>-loop.*
     python benchmarks/bench_e2e.py --progressive  # search_resolution / bf16 speed and error -> e2e-progressive-<device>.*
 
@@ -10,7 +10,9 @@ area-downscale L2 (+ GEOCROSS), backward wrt the latents and the trainable noise
 step. It is timed with ``PULSE.search`` itself (eps=0 so nothing converges or leaves the batch); the
 reported time is its loop time divided by the steps, after a warm-up search of the same shape.
 
-Paths: fused (``G.set_impl("fused")``), reference (plain PyTorch, shared-weight modulation), grouped
+Paths: fused (``G.set_impl("fused")``; on the CPU its 3x3 layers run our Winograd convolution), fused_onednn
+(CPU only: the fused path with PULSE_EXT_CPU_CONV=onednn, i.e. oneDNN's direct convolution -- what Winograd
+adds), reference (plain PyTorch, shared-weight modulation), grouped
 (NVIDIA-style per-sample weights + groups=N convolution, ``grouped_modconv.py``; checked against the
 reference images before timing). Generators: 64 = our default (channel_base 2048, channel_max 128,
 w 256); 256 / 1024 = config-f channel counts (channel_base 32768, channel_max 512, w 512), random
@@ -43,7 +45,8 @@ from common import machine_info, synchronize, write_results  # noqa: E402
 CONFIG_F = dict(channel_base=32768, channel_max=512, w_dim=512, z_dim=512)
 CONFIGS = {64: dict(channel_base=2048, channel_max=128, w_dim=256, z_dim=256), 256: CONFIG_F, 1024: CONFIG_F}
 TINY = dict(channel_base=512, channel_max=32, w_dim=32, z_dim=32)
-PATHS = ("fused", "reference", "grouped")
+PATHS = ("fused", "fused_onednn", "reference", "grouped")
+CPU_ONLY_PATHS = ("fused_onednn",)
 DEFAULT_GENERATOR_64 = "/work/checkpoints/default64/latest-G_ema.safetensors"
 
 
@@ -97,7 +100,7 @@ def agreement(G, path: str, device) -> float:
             out = G.synthesis(ws, noise_mode="const", noise=noise)
             unpatch_generator(G)
         else:
-            G.set_impl(path)
+            G.set_impl("fused")
             out = G.synthesis(ws, noise_mode="const", noise=noise)
     G.set_impl("auto")
     return float((out - ref).abs().max() / ref.abs().max().clamp(min=1))
@@ -114,6 +117,19 @@ def _channels_last_hooks(G):
 
 def run_config(cfg: dict) -> dict:
     """Time one (size, restarts, path, variant) in this process; returns a result row."""
+    previous = os.environ.get("PULSE_EXT_CPU_CONV")
+    if cfg["path"] == "fused_onednn":
+        os.environ["PULSE_EXT_CPU_CONV"] = "onednn"  # read by the op on every call
+    try:
+        return _run_config(cfg)
+    finally:  # --inprocess runs configurations one after another in one process
+        if previous is None:
+            os.environ.pop("PULSE_EXT_CPU_CONV", None)
+        else:
+            os.environ["PULSE_EXT_CPU_CONV"] = previous
+
+
+def _run_config(cfg: dict) -> dict:
     from grouped_modconv import patch_generator
     from pulse_ext.pulse import PULSE
     from pulse_ext.pulse.latent import LatentStats
@@ -141,7 +157,7 @@ def run_config(cfg: dict) -> dict:
         stats = None  # fitted (cached per process) on the real generator
     else:
         stats = LatentStats(torch.zeros(G.w_dim), torch.ones(G.w_dim))
-    impl = "fused" if path == "fused" else "reference"
+    impl = "fused" if path.startswith("fused") else "reference"
     ts = target_size(size)
     target = torch.rand(1, 3, ts, ts, generator=torch.Generator().manual_seed(2))
     if cfg.get("target"):
@@ -232,7 +248,7 @@ def matmul_limit(device, threads, dtype=torch.float32, n=None) -> float:
 def estimate_step_seconds(size, r, path, gflops_limit) -> float:
     """A pessimistic guess used only to skip configurations that would take too long."""
     cfg = config_for(size)
-    efficiency = {"fused": 0.25, "reference": 0.2, "grouped": 0.15}[path]
+    efficiency = {"fused": 0.25, "fused_onednn": 0.25, "reference": 0.2, "grouped": 0.15}[path]
     return flops.step_flops(size, cfg["channel_base"], cfg["channel_max"]) * r / (gflops_limit * 1e9 * efficiency)
 
 
@@ -289,7 +305,7 @@ def main_benchmark(args, device):
                 rows.append(row)
                 print({k: (float(f'{v:.4g}') if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
             fused = by_path.get("fused", {}).get("s_per_step")
-            for other in ("reference", "grouped"):
+            for other in ("fused_onednn", "reference", "grouped"):
                 if fused and by_path.get(other, {}).get("s_per_step"):
                     by_path["fused"][f"fused_vs_{other}"] = by_path[other]["s_per_step"] / fused
     notes = [f"One step = PULSE.search's loop iteration (synthesis fwd from W+, area-downscale loss + GEOCROSS, "
@@ -314,7 +330,8 @@ def main_benchmark(args, device):
                      + ("" if generator is None else " -- pulse_ext/weights/default.safetensors is not shipped yet, "
                         "so the training export was passed with --generator") + ".")
     columns = ["size", "R", "path", "status", "s_per_step", "restart_steps_per_s", "TFLOPs", "pct_limit",
-               "peak_mem_MB", "fused_vs_reference", "fused_vs_grouped", "max_rel_diff_vs_ref", "threads", "steps"]
+               "peak_mem_MB", "fused_vs_fused_onednn", "fused_vs_reference", "fused_vs_grouped", "max_rel_diff_vs_ref",
+               "threads", "steps"]
     name = "e2e" + (f"-{args.tag}" if args.tag else "")
     path = write_results(name, device, rows, columns, "\n\n".join(notes))
     json_path = path[:-3] + ".json"
@@ -448,11 +465,11 @@ def main(argv=None):
                                                                args.steps is not None)
     args.sizes = _ints(args.sizes or "64,256,1024")
     args.restarts = _ints(args.restarts or "1,8,32,64")
-    args.paths = [p for p in args.paths.split(",") if p]
-    if args.steps is None:
-        args.steps = 10 if cuda else 5
-    if args.min_seconds is None:
-        args.min_seconds = 2.0 if cuda else 0.0
+    args.paths = [p for p in args.paths.split(",") if p and not (cuda and p in CPU_ONLY_PATHS)]
+    if args.steps is None:  # at most; --min-seconds takes fewer for slow configurations (at least 2)
+        args.steps = 10 if cuda else 30
+    if args.min_seconds is None:  # on the CPU, 5 steps of a 15 ms configuration scattered by +-20 %
+        args.min_seconds = 2.0
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.study:

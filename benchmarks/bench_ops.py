@@ -105,11 +105,15 @@ def main(argv=None):
             def mc(impl):
                 return lambda: ops.modulated_conv2d(xin, weight, styles, up=up, impl=impl)
 
-            # On CUDA the stride-1 case runs twice: cuDNN (default) and the implicit-GEMM kernel.
-            backends = ["cudnn", "igemm"] if device.type == "cuda" and up == 1 else [None]
+            # The stride-1 case runs twice: on CUDA cuDNN (the default) and the implicit-GEMM kernel, on
+            # the CPU Winograd (the default up to 256x256 channels) and oneDNN's direct convolution.
+            backend_variable = "PULSE_EXT_CUDA_CONV" if device.type == "cuda" else "PULSE_EXT_CPU_CONV"
+            backends = [None]
+            if up == 1:
+                backends = ["cudnn", "igemm"] if device.type == "cuda" else ["winograd", "onednn"]
             for backend in backends:
                 if backend:
-                    os.environ["PULSE_EXT_CUDA_CONV"] = backend
+                    os.environ[backend_variable] = backend
                 name = f"modulated_conv2d up={up}" + (f" [{backend}]" if backend else "")
                 row = dict(op=name, shape=f"{r}x{c}x{xin.shape[2]}->{c}x{h}")
                 row.update(bench(mc("fused"), mc("reference"), device, backward_inputs=[xin, styles],
@@ -117,7 +121,7 @@ def main(argv=None):
                 flops = 2 * r * c * c * 9 * xin.shape[2] * xin.shape[3]  # at the input resolution, as NVIDIA runs it
                 row["fused_fwd_TFLOPs"] = flops / (row["fused_fwd_ms"] * 1e-3) / 1e12
                 rows.append(row)
-            os.environ.pop("PULSE_EXT_CUDA_CONV", None)
+            os.environ.pop(backend_variable, None)
         print(*(f"{row['op']} {row['shape']}: fwd x{row['speedup_fwd']:.2f} fwd+bwd x{row['speedup_fwdbwd']:.2f}"
                 for row in rows[first:]), sep="\n", flush=True)
     loss_shapes = CUDA_LOSS_SHAPES if device.type == "cuda" else CPU_LOSS_SHAPES
@@ -137,7 +141,8 @@ def main(argv=None):
     columns = ["op", "shape", "fused_fwd_ms", "reference_fwd_ms", "speedup_fwd", "fused_fwdbwd_ms",
                "reference_fwdbwd_ms", "speedup_fwdbwd", "fused_fwdbwd_GBps", "fused_fwd_TFLOPs"]
     notes = ("Speed-ups are reference time / fused time measured side by side in this run. GB/s counts the minimal "
-             "traffic (fp32); TFLOP/s counts 2*N*Cout*Cin*9*H_in*W_in for the convolution. On CPU the inputs of "
+             "traffic (fp32); TFLOP/s counts 2*N*Cout*Cin*9*H_in*W_in for the convolution (the direct algorithm's "
+             "arithmetic, also for Winograd, which does 4x fewer multiplications: its rate is effective). On CPU the inputs of "
              "noise_bias_act and the modulated convolution are channels-last, the layout the fused generator keeps "
              "between layers (both paths get the same tensor). "
              + ("glibc malloc tuned as the pulse-ext command does (pulse_ext.cli.tune_glibc_malloc): freed buffers are "

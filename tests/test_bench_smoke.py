@@ -1,4 +1,4 @@
-"""bench_e2e runs in a tiny mode and its three paths (fused, reference, grouped) agree. No timing assertions."""
+"""bench_e2e runs in a tiny mode and its paths (fused, fused_onednn, reference, grouped) agree. No timing assertions."""
 import json
 import os
 import sys
@@ -44,17 +44,18 @@ def test_grouped_modconv_matches_reference(bench):
 
 def test_bench_e2e_tiny_run_paths_agree(bench, tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "write_results", lambda name, device, rows, columns, notes: str(tmp_path / f"{name}.md"))
-    threads = torch.get_num_threads()
+    threads, cpu_conv = torch.get_num_threads(), os.environ.get("PULSE_EXT_CPU_CONV")
     try:
         rows = bench.main(["--device", "cpu", "--threads", "1", "--sizes", "16", "--restarts", "2", "--steps", "2",
                            "--inprocess", "--no-cli"])
     finally:
         torch.set_num_threads(threads)
-    assert [r["path"] for r in rows] == ["fused", "reference", "grouped"]
+    assert [r["path"] for r in rows] == ["fused", "fused_onednn", "reference", "grouped"]
     assert all(r["status"] == "ok" and r["s_per_step"] > 0 and r["TFLOPs"] > 0 for r in rows)
     assert all(r["max_rel_diff_vs_ref"] < 1e-4 for r in rows if r["path"] != "reference")
-    # same seeds, same search: the three paths reach the same loss
+    # same seeds, same search: every path reaches the same loss
     l2 = [r["best_l2"] for r in rows]
     assert max(l2) - min(l2) < 1e-4 * max(l2)
-    assert "fused_vs_reference" in rows[0] and "fused_vs_grouped" in rows[0]
+    assert all(f"fused_vs_{other}" in rows[0] for other in ("fused_onednn", "reference", "grouped"))
+    assert os.environ.get("PULSE_EXT_CPU_CONV") == cpu_conv  # fused_onednn's setting stays in its configuration
     json.dumps(rows)
