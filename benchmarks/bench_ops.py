@@ -37,10 +37,16 @@ def bench(fn_fused, fn_ref, device, *, backward_inputs, reps_seconds):
             with torch.no_grad():
                 fn()
 
+        # Dense upstream gradients in the outputs' layout, as the layers above hand them down in PULSE
+        # (a y.sum() would hand down a broadcast one, which the fused kernels must first copy).
+        with torch.no_grad():
+            outputs = fn()
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        upstream = [torch.randn_like(t) for t in outputs]
+
         def forward_backward():
             y = fn()
-            loss = sum(t.sum() for t in y) if isinstance(y, tuple) else y.sum()
-            torch.autograd.grad(loss, backward_inputs)
+            torch.autograd.grad(y if isinstance(y, tuple) else (y,), backward_inputs, upstream)
 
         out[f"{impl}_fwd_ms"] = time_call(forward, device, min_seconds=reps_seconds) * 1e3
         out[f"{impl}_fwdbwd_ms"] = time_call(forward_backward, device, min_seconds=reps_seconds) * 1e3

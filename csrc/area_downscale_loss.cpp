@@ -32,7 +32,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> area_downscale_loss(const at::Ten
     });
   }
   const double count = double(c * h * w);
-  return {sq_partial.sum(1).div_(count), abs_partial.sum(1).div_(count), diff};
+  if (img.is_cuda()) return {sq_partial.sum(1).div_(count), abs_partial.sum(1).div_(count), diff};
+  // The same means as plain loops on the CPU: at PULSE's shapes four small ATen calls cost as much as the kernel.
+  at::Tensor l2 = at::empty({n}, img.options()), l1 = at::empty({n}, img.options());
+  AT_DISPATCH_FLOATING_TYPES(img.scalar_type(), "area_downscale_loss_means", [&] {
+    const scalar_t *sq = sq_partial.const_data_ptr<scalar_t>(), *ab = abs_partial.const_data_ptr<scalar_t>();
+    scalar_t *l2_out = l2.data_ptr<scalar_t>(), *l1_out = l1.data_ptr<scalar_t>();
+    const int64_t rows = c * h;
+    for (int64_t i = 0; i < n; ++i) {
+      double sq_sum = 0, abs_sum = 0;
+      for (int64_t r = 0; r < rows; ++r) {
+        sq_sum += sq[i * rows + r];
+        abs_sum += ab[i * rows + r];
+      }
+      l2_out[i] = scalar_t(sq_sum / count);
+      l1_out[i] = scalar_t(abs_sum / count);
+    }
+  });
+  return {l2, l1, diff};
 }
 
 at::Tensor area_downscale_loss_backward(const at::Tensor& grad_l2, const at::Tensor& grad_l1, const at::Tensor& diff,
@@ -47,10 +64,27 @@ at::Tensor area_downscale_loss_backward(const at::Tensor& grad_l2, const at::Ten
               "area_downscale_loss_backward: grad_l2 and grad_l1 must have N=", n, " elements");
   check_like(grad_l2, diff, "area_downscale_loss_backward", "grad_l2");
   check_like(grad_l1, diff, "area_downscale_loss_backward", "grad_l1");
-  // Per-sample scales of the two terms, folding in the mean over C*h*w and over each block.
+  // Per-sample scales of the two terms, folding in the mean over C*h*w and over each block (on the CPU as a
+  // plain loop over the N values: two ATen calls there would cost as much as the kernel).
   const double denom = double(c * h * w) * double((img_height / h) * (img_width / w));
-  const at::Tensor scale2 = (grad_l2.reshape({n}) * (2.0 / denom)).contiguous();
-  const at::Tensor scale1 = (grad_l1.reshape({n}) * (1.0 / denom)).contiguous();
+  at::Tensor scale2, scale1;
+  if (diff.is_cuda()) {
+    scale2 = (grad_l2.reshape({n}) * (2.0 / denom)).contiguous();
+    scale1 = (grad_l1.reshape({n}) * (1.0 / denom)).contiguous();
+  } else {
+    scale2 = at::empty({n}, diff.options());
+    scale1 = at::empty({n}, diff.options());
+    AT_DISPATCH_FLOATING_TYPES(diff.scalar_type(), "area_downscale_loss_scales", [&] {
+      const at::Tensor grad_l2_n = grad_l2.reshape({n}), grad_l1_n = grad_l1.reshape({n});  // views: strides kept
+      const auto g2 = grad_l2_n.accessor<scalar_t, 1>();
+      const auto g1 = grad_l1_n.accessor<scalar_t, 1>();
+      scalar_t *s2 = scale2.data_ptr<scalar_t>(), *s1 = scale1.data_ptr<scalar_t>();
+      for (int64_t i = 0; i < n; ++i) {
+        s2[i] = scalar_t(double(g2[i]) * (2.0 / denom));
+        s1[i] = scalar_t(double(g1[i]) * (1.0 / denom));
+      }
+    });
+  }
   const at::Tensor diff_c = diff.contiguous();
   at::Tensor grad_img = at::empty({n, c, img_height, img_width}, diff.options());
   if (grad_img.numel() == 0) return grad_img;

@@ -56,6 +56,13 @@ namespace cpu {
 template <typename T> void noise_bias_act_forward(const NoiseBiasActArgs<T>& a, T* y);
 template <typename T> void noise_bias_act_backward(const NoiseBiasActArgs<T>& a, const T* grad, const T* y,
                                                    const NoiseBiasActGrads<T>& g);
+// The backward's last reductions, from the partial sums of noise_bias_act_backward(_nhwc): grad_bias [C]
+// = sum over n of bias_partial; grad_noise [noise_batch, HW] = strength * noise_channel_sum (summed over
+// n for a shared map); *grad_strength = sum of noise * noise_channel_sum. Outputs may be nullptr (not
+// wanted). Plain loops: at the generator's small layers an ATen call each cost more than the kernel.
+template <typename T> void noise_bias_act_reduce_grads(const NoiseBiasActArgs<T>& a, const T* bias_partial,
+                                                       const T* noise_channel_sum, T* grad_bias, T* grad_noise,
+                                                       T* grad_strength);
 // diff [N, C, h, w] = blockmean(img) - target; partial sums of diff^2 and |diff| per (n, c) plane.
 template <typename T> void area_downscale_forward(const AreaDownscaleArgs<T>& a, T* diff, T* sq_partial, T* abs_partial);
 // grad_img from diff and per-sample scales (see common/area_downscale.h).

@@ -108,8 +108,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> noise_bia
   }
   const at::Tensor empty = at::empty({0}, x.options());
   at::Tensor grad_demod = in.demod ? demod_partial : empty;
-  at::Tensor grad_bias = in.bias ? bias_partial.sum(0) : empty;
-  at::Tensor grad_noise = empty, grad_strength = empty;
+  at::Tensor grad_bias = empty, grad_noise = empty, grad_strength = empty;
+  if (!x.is_cuda()) {
+    if (in.bias) grad_bias = at::empty({c}, x.options());
+    if (in.noise) grad_noise = at::empty(in.noise->sizes(), x.options());
+    if (in.noise && in.noise_strength) grad_strength = at::empty(in.noise_strength->sizes(), x.options());
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "noise_bias_act_reduce_grads", [&] {
+      cpu::noise_bias_act_reduce_grads<scalar_t>(make_args<scalar_t>(in, slope, gain, clamp),
+                                                 bias_partial.const_data_ptr<scalar_t>(),
+                                                 in.noise ? noise_channel_sum.const_data_ptr<scalar_t>() : nullptr,
+                                                 in.bias ? grad_bias.data_ptr<scalar_t>() : nullptr,
+                                                 in.noise ? grad_noise.data_ptr<scalar_t>() : nullptr,
+                                                 grad_strength.numel() ? grad_strength.data_ptr<scalar_t>() : nullptr);
+    });
+    return {grad_x, grad_demod, grad_noise, grad_strength, grad_bias};
+  }
+  // CUDA: the same reductions (cpu::noise_bias_act_reduce_grads) as ATen calls on the device.
+  if (in.bias) grad_bias = bias_partial.sum(0);
   if (in.noise) {
     const at::Tensor& nz = *in.noise;
     at::Tensor channel_sum = noise_channel_sum.view({n, 1, x.size(2), x.size(3)});

@@ -116,10 +116,47 @@ void noise_bias_act_backward(const NoiseBiasActArgs<T>& a, const T* grad, const 
   }
 }
 
+template <typename T>
+void noise_bias_act_reduce_grads(const NoiseBiasActArgs<T>& a, const T* bias_partial, const T* noise_channel_sum,
+                                 T* grad_bias, T* grad_noise, T* grad_strength) {
+  if (grad_bias) {
+    for (int64_t c = 0; c < a.C; ++c) {
+      double sum = 0;
+      for (int64_t n = 0; n < a.N; ++n) sum += bias_partial[n * a.C + c];
+      grad_bias[c] = T(sum);
+    }
+  }
+  if (!a.noise) return;
+  const T strength = a.noise_strength ? *a.noise_strength : T(1);
+  const int64_t HW = a.HW;
+  if (grad_noise) {
+    // d loss / d noise = strength * (sum over channels of gt), summed over samples for a shared map.
+    if (a.noise_batch == 1) {
+      for (int64_t p = 0; p < HW; ++p) {
+        double sum = 0;
+        for (int64_t n = 0; n < a.N; ++n) sum += noise_channel_sum[n * HW + p];
+        grad_noise[p] = T(sum) * strength;
+      }
+    } else {
+      for (int64_t e = 0; e < a.N * HW; ++e) grad_noise[e] = noise_channel_sum[e] * strength;
+    }
+  }
+  if (grad_strength) {
+    // d loss / d strength = sum over every element of gt * noise = sum over (n, pixel) of noise * channel sum.
+    double sum = 0;
+    for (int64_t n = 0; n < a.N; ++n) {
+      const T* noise = a.noise + (a.noise_batch == 1 ? 0 : n) * HW;
+      for (int64_t p = 0; p < HW; ++p) sum += double(noise_channel_sum[n * HW + p]) * noise[p];
+    }
+    *grad_strength = T(sum);
+  }
+}
+
 #define INSTANTIATE(T)                                                                       \
   template void noise_bias_act_forward<T>(const NoiseBiasActArgs<T>&, T*);                 \
   template void noise_bias_act_backward<T>(const NoiseBiasActArgs<T>&, const T*, const T*, \
-                                           const NoiseBiasActGrads<T>&);
+                                           const NoiseBiasActGrads<T>&);                   \
+  template void noise_bias_act_reduce_grads<T>(const NoiseBiasActArgs<T>&, const T*, const T*, T*, T*, T*);
 INSTANTIATE(float)
 INSTANTIATE(double)
 #undef INSTANTIATE
