@@ -534,7 +534,11 @@ def parse_args(argv=None):
     ap.add_argument("--minutes", type=float, default=0, help="stop cleanly (and checkpoint) before this many minutes")
     ap.add_argument("--ckpt-minutes", type=float, default=10)
     ap.add_argument("--log-seconds", type=float, default=60)
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    ap.add_argument("--threads", default="0", type=threads_arg,
+                    help="torch CPU threads: N, 0 (torch's default), or auto: every --threads-check-seconds use the "
+                         "cores no other process is running on (at least 1), so a shared machine's idle core is used "
+                         "and a busy one is left alone (OpenMP waiting on a busy core collapses throughput)")
+    ap.add_argument("--threads-check-seconds", type=float, default=20.0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU or CUDA)")
     ap.add_argument("--channels-last", action="store_true")
@@ -581,6 +585,24 @@ def config_from_args(args) -> dict:
     return cfg
 
 
+def threads_arg(text: str) -> str:
+    """argparse type of --threads: "auto" or an integer >= 0 (kept as text)."""
+    if text == "auto" or (text.isdigit() and int(text) >= 0):
+        return text
+    raise argparse.ArgumentTypeError(f"must be 'auto' or an integer >= 0, got {text!r}")
+
+
+def set_free_threads(log) -> int:
+    """--threads auto: torch threads = the cores no other process is running on now (at least 1); logs changes."""
+    from pulse_ext.cli_upscale import busy_cores
+
+    threads = max(1, (os.cpu_count() or 1) - busy_cores())
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+        log(json.dumps({"event": "threads", "threads": threads}))
+    return threads
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -603,8 +625,10 @@ def main(argv=None) -> int:
             log(f"{n} parts in {args.export_parts} from {src}")
         return 0
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    if args.threads != "auto" and int(args.threads) > 0:
+        torch.set_num_threads(int(args.threads))
+    elif args.threads == "auto":
+        set_free_threads(log)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -698,6 +722,7 @@ def main(argv=None) -> int:
         sample_grid(trainer.G_ema, os.path.join(args.out, "samples-init.png"), device=device)
 
     reason = "kimg"
+    last_threads_check = t_start
     while trainer.nimg < target_nimg:
         if stop["flag"]:
             reason = f"signal {stop['signal']}"
@@ -725,6 +750,9 @@ def main(argv=None) -> int:
             with open(log_path, "a") as f:
                 f.write(line + "\n")
             last_log, log_nimg = now, trainer.nimg
+        if args.threads == "auto" and device.type == "cpu" and now - last_threads_check >= args.threads_check_seconds:
+            set_free_threads(log)
+            last_threads_check = time.time()
         if now - last_ckpt >= args.ckpt_minutes * 60:
             t1 = time.time()
             save_all(trainer, args.out, keep=args.keep, log=log, milestone_kimg=args.milestone_kimg)

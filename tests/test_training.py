@@ -165,3 +165,28 @@ def test_bf16_step_runs():
     stats = tr.pop_stats()
     assert all(np.isfinite(v) for v in stats.values())
     assert all(torch.isfinite(p).all() for p in tr.G.parameters())
+
+
+def test_threads_auto_follows_the_free_cores(tmp_path, monkeypatch, capsys):
+    """--threads auto: torch threads = cores no other process runs on, re-checked between steps."""
+    import pulse_ext.cli_upscale as cu
+
+    data = tmp_path / "faces.npy"
+    np.save(data, _images(16).permute(0, 2, 3, 1).numpy())
+    busy = iter([0, 5, 5, 5, 5, 5, 5, 5])  # the start sees a free machine, every later check a full one
+    monkeypatch.setattr(cu, "busy_cores", lambda: next(busy))
+    monkeypatch.setattr(tg.os, "cpu_count", lambda: 2)
+    threads = torch.get_num_threads()
+    try:
+        args = ["--data", str(data), "--out", str(tmp_path / "run"), "--kimg", "0.012",
+                "--threads-check-seconds", "0"] + TINY_ARGS[:TINY_ARGS.index("--threads")]
+        assert tg.main(args + ["--threads", "auto"]) == 0
+        events = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+                  if line.startswith("{") and '"event"' in line]
+        changes = [e["threads"] for e in events if e["event"] == "threads"]
+        start = next(e for e in events if e["event"] == "start")
+        assert start["threads"] == 2 and changes[-1] == 1  # 2 when free, down to 1 when the cores are busy
+    finally:
+        torch.set_num_threads(threads)
+    with pytest.raises(SystemExit):
+        tg.parse_args(["--out", str(tmp_path), "--threads", "many"])
