@@ -56,7 +56,7 @@ setup(
     python_requires=">=3.9",
     install_requires=["torch>=2.4", "numpy", "pillow", "safetensors", "tqdm"],
     extras_require={
-        "test": ["pytest"],
+        "test": ["pytest", "matplotlib"],  # matplotlib: benchmarks/plot_e2e.py and its test
         # face alignment (pulse-ext align, upscale --align): dlib and its 68-point landmark model
         "align": ["dlib-bin==20.0.1.post1", "face-recognition-models==0.3.0"],
     },

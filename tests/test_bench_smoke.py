@@ -59,3 +59,21 @@ def test_bench_e2e_tiny_run_paths_agree(bench, tmp_path, monkeypatch):
     assert all(f"fused_vs_{other}" in rows[0] for other in ("fused_onednn", "reference", "grouped"))
     assert os.environ.get("PULSE_EXT_CPU_CONV") == cpu_conv  # fused_onednn's setting stays in its configuration
     json.dumps(rows)
+
+
+def test_plot_e2e_draws_the_results_and_rejects_a_missing_file(bench, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install -e '.[test]' brings it)")
+    import plot_e2e
+
+    rows = [dict(size=16, R=r, path=path, variant="base", status="ok", restart_steps_per_s=float(r * k))
+            for r in (1, 4) for k, path in enumerate(("fused", "reference"), start=1)]
+    results = tmp_path / "e2e-cpu.json"
+    results.write_text(json.dumps({"machine": {"device": "cpu", "date": "2026-11-29"}, "rows": rows}))
+    out = tmp_path / "plot.png"
+    assert plot_e2e.main([str(results), "-o", str(out)]) == 0
+    from PIL import Image
+    with Image.open(out) as image:
+        assert image.size[0] > 300 and image.size[1] > 200
+    assert not list(tmp_path.glob("*.tmp.png"))
+    assert plot_e2e.main([str(tmp_path / "absent.json")]) == 2
+    assert "no such results file" in capsys.readouterr().err
