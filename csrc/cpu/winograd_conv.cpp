@@ -104,6 +104,42 @@ PULSE_CPU_INLINE void output_transform_1d(const T* __restrict m, int64_t in_stri
   }
 }
 
+// r_i = (B^T d)_i where d_j = rows[j][l] * scale[l]: the input transform along a tile's column, read
+// straight from the input's pixels (a pixel outside the image points at zeros).
+template <typename T>
+PULSE_CPU_INLINE void input_transform_gather(const T* const rows[6], const T* __restrict scale, T* __restrict r,
+                                             int64_t out_stride, int64_t len) {
+  const T *__restrict p0 = rows[0], *__restrict p1 = rows[1], *__restrict p2 = rows[2], *__restrict p3 = rows[3],
+          *__restrict p4 = rows[4], *__restrict p5 = rows[5];
+  for (int64_t l = 0; l < len; ++l) {
+    const T s = scale[l];
+    const T d0 = p0[l] * s, d1 = p1[l] * s, d2 = p2[l] * s, d3 = p3[l] * s, d4 = p4[l] * s, d5 = p5[l] * s;
+    r[l] = T(4) * d0 - T(5) * d2 + d4;
+    r[out_stride + l] = d3 + d4 - T(4) * (d1 + d2);
+    r[2 * out_stride + l] = d4 - d3 + T(4) * (d1 - d2);
+    r[3 * out_stride + l] = d4 - d2 + T(2) * (d3 - d1);
+    r[4 * out_stride + l] = d4 - d2 + T(2) * (d1 - d3);
+    r[5 * out_stride + l] = T(4) * d1 - T(5) * d3 + d5;
+  }
+}
+
+// dst[i][l] = (A^T m)_i * scale[l], i < 4, the output transform along a tile's row written straight to
+// the output's pixels (a pixel outside the image points at a scratch row of its own).
+template <typename T>
+PULSE_CPU_INLINE void output_transform_scatter(const T* __restrict m, int64_t in_stride, T* const dst[4],
+                                               const T* __restrict scale, int64_t len) {
+  T *__restrict o0 = dst[0], *__restrict o1 = dst[1], *__restrict o2 = dst[2], *__restrict o3 = dst[3];
+  for (int64_t l = 0; l < len; ++l) {
+    const T m0 = m[l], m1 = m[in_stride + l], m2 = m[2 * in_stride + l], m3 = m[3 * in_stride + l],
+            m4 = m[4 * in_stride + l], m5 = m[5 * in_stride + l];
+    const T sum12 = m1 + m2, diff12 = m1 - m2, sum34 = m3 + m4, diff34 = m3 - m4, s = scale[l];
+    o0[l] = (m0 + sum12 + sum34) * s;
+    o1[l] = (diff12 + T(2) * diff34) * s;
+    o2[l] = (sum12 + T(4) * sum34) * s;
+    o3[l] = (diff12 + T(8) * diff34 + m5) * s;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------- GEMM
 
 // 64 bytes of T (one AVX-512 register; two AVX2 or four SSE registers on the other clones).
@@ -201,38 +237,37 @@ struct TileGrid {
   }
 };
 
-// V[p][b][c] for the tiles [first, first + count): B^T d B of each 6x6 input tile, times in_scale.
+// Scratch a thread's transforms need: a [6][6][kChunk] intermediate, then rows of kChunk: zeros and ones
+// (input), ones and 4 sinks (output; one per pixel, so that no two outputs alias).
+constexpr int64_t kScratch = (kPoints + 5) * kChunk;
+
+// V[p][b][c] for the tiles [first, first + count): B^T d B of each 6x6 input tile d, times in_scale.
 template <typename T>
 PULSE_CPU_MULTIVERSION void transform_input_block(const T* x, const T* in_scale, const TileGrid& grid, int64_t C,
                                                   int64_t first, int64_t count, T* V, T* scratch) {
-  T* d = scratch;                            // [6][6][kChunk]: the input tile
-  T* t = scratch + kPoints * kChunk;         // [6][6][kChunk]: B^T d
+  T* t = scratch;                               // [6][6][kChunk]: B^T d
+  T* zeros = scratch + kPoints * kChunk;        // the pixels outside the image
+  T* ones = zeros + kChunk;                     // in_scale when there is none
+  std::fill(zeros, zeros + kChunk, T(0));
+  std::fill(ones, ones + kChunk, T(1));
   for (int64_t b = 0; b < count; ++b) {
     int64_t n, row, col;
     grid.locate(first + b, n, row, col);
     for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
       const int64_t len = std::min(kChunk, C - c0);
-      const T* s = in_scale ? in_scale + n * C + c0 : nullptr;
-      for (int i = 0; i < kAlpha; ++i) {
-        const int64_t h = row - 1 + i;
-        for (int j = 0; j < kAlpha; ++j) {
-          const int64_t w = col - 1 + j;
-          T* __restrict dst = d + (i * kAlpha + j) * kChunk;
-          if (h < 0 || h >= grid.H || w < 0 || w >= grid.W) {
-            for (int64_t l = 0; l < len; ++l) dst[l] = T(0);
-            continue;
-          }
-          const T* __restrict src = x + ((n * grid.H + h) * grid.W + w) * C + c0;
-          if (s) {
-            for (int64_t l = 0; l < len; ++l) dst[l] = src[l] * s[l];
-          } else {
-            for (int64_t l = 0; l < len; ++l) dst[l] = src[l];
-          }
+      const T* s = in_scale ? in_scale + n * C + c0 : ones;
+      // Along the tile's columns (index i), read from the input; then along its rows (index j)
+      // straight into V[i * 6 + j].
+      for (int j = 0; j < kAlpha; ++j) {
+        const int64_t w = col - 1 + j;
+        const T* rows[kAlpha];
+        for (int i = 0; i < kAlpha; ++i) {
+          const int64_t h = row - 1 + i;
+          const bool inside = h >= 0 && h < grid.H && w >= 0 && w < grid.W;
+          rows[i] = inside ? x + ((n * grid.H + h) * grid.W + w) * C + c0 : zeros;
         }
+        input_transform_gather(rows, s, t + j * kChunk, kAlpha * kChunk, len);
       }
-      // Along the tile's columns (index i), then along its rows (index j) straight into V[i * 6 + j].
-      for (int j = 0; j < kAlpha; ++j)
-        input_transform_1d(d + j * kChunk, kAlpha * kChunk, t + j * kChunk, kAlpha * kChunk, len);
       for (int i = 0; i < kAlpha; ++i)
         input_transform_1d(t + i * kAlpha * kChunk, kChunk, V + (i * kAlpha * count + b) * C + c0, count * C, len);
     }
@@ -243,28 +278,24 @@ PULSE_CPU_MULTIVERSION void transform_input_block(const T* x, const T* in_scale,
 template <typename T>
 PULSE_CPU_MULTIVERSION void transform_output_block(const T* M, const T* out_scale, const TileGrid& grid, int64_t K,
                                                    int64_t first, int64_t count, T* y, T* scratch) {
-  T* o = scratch;                            // [4][6][kChunk]: A^T M
-  T* out = scratch + kPoints * kChunk;       // [4][kChunk]: one output row of the tile
+  T* o = scratch;                               // [4][6][kChunk]: A^T M
+  T* ones = scratch + kPoints * kChunk;         // out_scale when there is none
+  T* sinks = ones + kChunk;                     // [4][kChunk]: the pixels outside the image
+  std::fill(ones, ones + kChunk, T(1));
   for (int64_t b = 0; b < count; ++b) {
     int64_t n, row, col;
     grid.locate(first + b, n, row, col);
     for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
       const int64_t len = std::min(kChunk, K - k0);
-      const T* s = out_scale ? out_scale + n * K + k0 : nullptr;
-      // Along the columns (M[i * 6 + j] over i), then along each output row.
+      const T* s = out_scale ? out_scale + n * K + k0 : ones;
+      // Along the columns (M[i * 6 + j] over i), then along each output row straight into y.
       for (int j = 0; j < kAlpha; ++j)
         output_transform_1d(M + (j * count + b) * K + k0, kAlpha * count * K, o + j * kChunk, kAlpha * kChunk, len);
       for (int i = 0; i < kTile && row + i < grid.H; ++i) {
-        output_transform_1d(o + i * kAlpha * kChunk, kChunk, out, kChunk, len);
-        for (int j = 0; j < kTile && col + j < grid.W; ++j) {
-          T* __restrict dst = y + ((n * grid.H + row + i) * grid.W + col + j) * K + k0;
-          const T* __restrict src = out + j * kChunk;
-          if (s) {
-            for (int64_t l = 0; l < len; ++l) dst[l] = src[l] * s[l];
-          } else {
-            for (int64_t l = 0; l < len; ++l) dst[l] = src[l];
-          }
-        }
+        T* dst[kTile];
+        for (int j = 0; j < kTile; ++j)
+          dst[j] = col + j < grid.W ? y + ((n * grid.H + row + i) * grid.W + col + j) * K + k0 : sinks + j * kChunk;
+        output_transform_scatter(o + i * kAlpha * kChunk, kChunk, dst, s, len);
       }
     }
   }
@@ -304,7 +335,7 @@ void winograd_conv3x3_nhwc(const T* x, const T* in_scale, const T* U, const T* o
     // Per-thread buffers that persist across calls: a fresh ~1 MiB allocation per call would be a
     // new mapping whose page faults cost as much as a small layer's convolution.
     thread_local std::vector<T> workspace;
-    const size_t needed = size_t(kPoints * block * (Cin + Cout) + 2 * kPoints * kChunk);
+    const size_t needed = size_t(kPoints * block * (Cin + Cout) + kScratch);
     if (workspace.size() < needed) workspace.resize(needed);
     T* V = workspace.data();
     T* M = V + kPoints * block * Cin;
