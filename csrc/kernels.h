@@ -63,7 +63,7 @@ template <typename T> void noise_bias_act_backward(const NoiseBiasActArgs<T>& a,
 template <typename T> void noise_bias_act_reduce_grads(const NoiseBiasActArgs<T>& a, const T* bias_partial,
                                                        const T* noise_channel_sum, T* grad_bias, T* grad_noise,
                                                        T* grad_strength);
-// diff [N, C, h, w] = blockmean(img) - target; partial sums of diff^2 and |diff| per (n, c) plane.
+// diff [N, C, h, w] = blockmean(img) - target; partial sums of diff^2 and |diff| per output row, [N, C * h].
 template <typename T> void area_downscale_forward(const AreaDownscaleArgs<T>& a, T* diff, T* sq_partial, T* abs_partial);
 // grad_img from diff and per-sample scales (see common/area_downscale.h).
 template <typename T> void area_downscale_backward(const T* diff, const T* scale2, const T* scale1, T* grad_img,

@@ -3,6 +3,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "winograd_filters.h"
+
 extern "C" {
 // Importing pulse_ext._C runs this library's static registrations; the module itself is empty.
 PyObject* PyInit__C(void) {
@@ -44,4 +46,5 @@ TORCH_LIBRARY(pulse_ext, m) {
       "modulated_conv2d_weight_grad(Tensor grad, Tensor x, Tensor weight, Tensor styles, Tensor? demod, int up, "
       "int padding, ScalarType? conv_dtype=None) -> Tensor");
   m.def("_compiled_with_cuda() -> bool", &compiled_with_cuda);
+  m.def("_winograd_filter_cache_entries() -> int", &pulse_ext::winograd_filter_cache_entries);
 }

@@ -31,26 +31,45 @@ at::Tensor transform(const at::Tensor& w, bool adjoint) {
 }
 
 struct Entry {
-  at::Tensor weight;  // a private contiguous copy of the weight it was made from
+  const void* source;  // where the weight lived: a weight changed in place replaces its old entry
+  at::Tensor weight;   // a private contiguous copy of the weight it was made from
   bool adjoint;
   at::Tensor filter;
   int64_t bytes() const { return (weight.numel() + filter.numel()) * int64_t(weight.element_size()); }
+  bool matches(const at::Tensor& w, bool direction) const {
+    return adjoint == direction && weight.sizes() == w.sizes() && weight.scalar_type() == w.scalar_type() &&
+           std::memcmp(weight.const_data_ptr(), w.const_data_ptr(), w.nbytes()) == 0;
+  }
 };
 
 class FilterCache {
  public:
   at::Tensor get(const at::Tensor& w, bool adjoint) {
-    const int64_t entry_bytes = w.numel() * 5 * int64_t(w.element_size());  // copy + 4x for the 6x6 points
+    // The limit counts fp32 elements: fp64 filters of the same shapes are cached too.
+    const int64_t entry_bytes = w.numel() * 5 * int64_t(sizeof(float));  // copy + 4x for the 6x6 points
     if (entry_bytes > kMaxEntryBytes) return transform(w, adjoint);
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (auto it = entries_.begin(); it != entries_.end(); ++it) {
-      if (it->adjoint != adjoint || it->weight.sizes() != w.sizes() || it->weight.scalar_type() != w.scalar_type())
-        continue;
-      if (std::memcmp(it->weight.const_data_ptr(), w.const_data_ptr(), w.nbytes()) != 0) continue;
-      entries_.splice(entries_.begin(), entries_, it);  // most recently used first
-      return entries_.front().filter;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+        if (!it->matches(w, adjoint)) continue;
+        entries_.splice(entries_.begin(), entries_, it);  // most recently used first
+        return entries_.front().filter;
+      }
     }
-    Entry entry{w.clone(), adjoint, transform(w, adjoint)};
+    // A miss: transform without holding the lock (other threads' lookups go on), then insert, replacing
+    // the entry of a weight that lived at the same address (changed in place, e.g. while training), so
+    // weights that change every step do not fill the cache with dead entries.
+    Entry entry{w.const_data_ptr(), w.clone(), adjoint, transform(w, adjoint)};
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto it = entries_.begin(); it != entries_.end();) {
+      const bool same_weight = it->adjoint == adjoint && (it->source == entry.source || it->matches(w, adjoint));
+      if (same_weight) {
+        bytes_ -= it->bytes();
+        it = entries_.erase(it);
+      } else {
+        ++it;
+      }
+    }
     bytes_ += entry.bytes();
     entries_.push_front(std::move(entry));
     while (bytes_ > kCacheBytes && entries_.size() > 1) {
@@ -58,6 +77,11 @@ class FilterCache {
       entries_.pop_back();
     }
     return entries_.front().filter;
+  }
+
+  int64_t entries() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return int64_t(entries_.size());
   }
 
  private:
@@ -76,5 +100,7 @@ FilterCache& cache() {
 at::Tensor winograd_filter(const at::Tensor& weight, bool adjoint) {
   return cache().get(weight.contiguous(), adjoint);
 }
+
+int64_t winograd_filter_cache_entries() { return cache().entries(); }
 
 }  // namespace pulse_ext

@@ -11,4 +11,7 @@ namespace pulse_ext {
 // not be modified.
 at::Tensor winograd_filter(const at::Tensor& weight, bool adjoint);
 
+// How many transformed filters the cache holds (tests: it must not grow with a weight changed in place).
+int64_t winograd_filter_cache_entries();
+
 }  // namespace pulse_ext

@@ -402,13 +402,23 @@ WINOGRAD_CASES = [
 ]
 
 
+# The Winograd GEMM is compiled for AVX-512, AVX2 + FMA and baseline SSE2 (picked for the CPU at run time,
+# or by PULSE_EXT_CPU_GEMM): every one this CPU can run is tested.
+_CPU_CAPABILITY = torch.backends.cpu.get_cpu_capability()
+GEMM_ISAS = ["baseline"] + [pytest.param(isa, marks=pytest.mark.skipif(
+    not supported, reason=f"this CPU ({_CPU_CAPABILITY}) cannot run the {isa} GEMM"))
+    for isa, supported in (("avx2", _CPU_CAPABILITY in ("AVX2", "AVX512")), ("avx512", _CPU_CAPABILITY == "AVX512"))]
+
+
 @pytest.mark.parametrize("case", WINOGRAD_CASES, ids=lambda c: "n{}-{}to{}-{}x{}".format(*c))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_winograd_convolution_matches_reference(monkeypatch, case, dtype):
+@pytest.mark.parametrize("gemm", GEMM_ISAS)
+def test_winograd_convolution_matches_reference(monkeypatch, case, dtype, gemm):
     """The CPU Winograd F(4x4, 3x3) path against the reference: forward, and grads wrt x and styles,
     with and without demodulation (demod is fused into its output transform, styles into its input
     transform, and the backward runs it on the transposed, flipped filter)."""
     monkeypatch.setenv("PULSE_EXT_CPU_CONV", "winograd")
+    monkeypatch.setenv("PULSE_EXT_CPU_GEMM", gemm)
     n, cin, cout, h, w = case
     g = torch.Generator().manual_seed(n * 1000 + cin * 10 + cout)
     x = torch.randn(n, cin, h, w, generator=g, dtype=dtype).contiguous(memory_format=torch.channels_last)
@@ -452,17 +462,24 @@ def test_winograd_filter_cache_sees_every_weight_change(monkeypatch):
 
     for w in (weight, other, weight):
         check(w)
+    entries = torch.ops.pulse_ext._winograd_filter_cache_entries()
     weight.data.mul_(-0.5)
     check(weight)
     with torch.no_grad():
         weight[0, 0, 1, 1] += 3.0
     check(weight)
+    # a weight changed in place replaces its entries (forward and data gradient) instead of adding more
+    assert torch.ops.pulse_ext._winograd_filter_cache_entries() == entries
 
 
 def test_unknown_cpu_conv_is_reported(monkeypatch):
     x, weight, styles = make_modconv_inputs(2, 3, 4, 5, 3, "cpu")
     monkeypatch.setenv("PULSE_EXT_CPU_CONV", "fastest")
     with pytest.raises(RuntimeError, match="PULSE_EXT_CPU_CONV must be 'auto', 'winograd' or 'onednn', got 'fastest'"):
+        ops.modulated_conv2d(x, weight, styles, impl="fused")
+    monkeypatch.setenv("PULSE_EXT_CPU_CONV", "winograd")
+    monkeypatch.setenv("PULSE_EXT_CPU_GEMM", "sse9")
+    with pytest.raises(RuntimeError, match="PULSE_EXT_CPU_GEMM must be 'auto', 'avx512', 'avx2' or 'baseline', got 'sse9'"):
         ops.modulated_conv2d(x, weight, styles, impl="fused")
 
 

@@ -119,12 +119,12 @@ void noise_bias_act_backward(const NoiseBiasActArgs<T>& a, const T* grad, const 
 template <typename T>
 void noise_bias_act_reduce_grads(const NoiseBiasActArgs<T>& a, const T* bias_partial, const T* noise_channel_sum,
                                  T* grad_bias, T* grad_noise, T* grad_strength) {
+  // Every loop streams its inputs in memory order (sample by sample) into double accumulators.
   if (grad_bias) {
-    for (int64_t c = 0; c < a.C; ++c) {
-      double sum = 0;
-      for (int64_t n = 0; n < a.N; ++n) sum += bias_partial[n * a.C + c];
-      grad_bias[c] = T(sum);
-    }
+    std::vector<double> sum(a.C, 0.0);
+    for (int64_t n = 0; n < a.N; ++n)
+      for (int64_t c = 0; c < a.C; ++c) sum[c] += bias_partial[n * a.C + c];
+    for (int64_t c = 0; c < a.C; ++c) grad_bias[c] = T(sum[c]);
   }
   if (!a.noise) return;
   const T strength = a.noise_strength ? *a.noise_strength : T(1);
@@ -132,11 +132,10 @@ void noise_bias_act_reduce_grads(const NoiseBiasActArgs<T>& a, const T* bias_par
   if (grad_noise) {
     // d loss / d noise = strength * (sum over channels of gt), summed over samples for a shared map.
     if (a.noise_batch == 1) {
-      for (int64_t p = 0; p < HW; ++p) {
-        double sum = 0;
-        for (int64_t n = 0; n < a.N; ++n) sum += noise_channel_sum[n * HW + p];
-        grad_noise[p] = T(sum) * strength;
-      }
+      std::vector<double> sum(HW, 0.0);
+      for (int64_t n = 0; n < a.N; ++n)
+        for (int64_t p = 0; p < HW; ++p) sum[p] += noise_channel_sum[n * HW + p];
+      for (int64_t p = 0; p < HW; ++p) grad_noise[p] = T(sum[p]) * strength;
     } else {
       for (int64_t e = 0; e < a.N * HW; ++e) grad_noise[e] = noise_channel_sum[e] * strength;
     }

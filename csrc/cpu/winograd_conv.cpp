@@ -17,9 +17,12 @@
 // Accuracy: the transforms use the points 0, +-1, +-2; in fp32 the result differs from a direct
 // convolution by about 1e-6 of the output's magnitude (tests bound it against the reference).
 #include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -141,25 +144,24 @@ PULSE_CPU_INLINE void output_transform_scatter(const T* __restrict m, int64_t in
 }
 
 // ---------------------------------------------------------------------------------------------- GEMM
+//
+// One GEMM per transform point, [rows, Cin] x [Cin, Cout], with register tiles sized for the
+// instruction set: kBytes-wide vectors (64: AVX-512, 32: AVX2 + FMA, 16: baseline SSE2) and as many
+// accumulators as its register file holds. Each instruction set gets its own function (compiled with
+// target attributes, picked at run time) rather than a target_clones clone: GCC's "avx2" clone would
+// not use FMA, and its tiles need a size per register file.
 
-// 64 bytes of T (one AVX-512 register; two AVX2 or four SSE registers on the other clones).
-template <typename T>
-struct Vec64;
-template <>
-struct Vec64<float> {
-  typedef float type __attribute__((vector_size(64)));
-};
-template <>
-struct Vec64<double> {
-  typedef double type __attribute__((vector_size(64)));
+template <typename T, int kBytes>
+struct Vec {
+  typedef T type __attribute__((vector_size(kBytes)));
 };
 
 // out[r][j] = sum_c a[r][c] * b[c][j] for kRows rows and kVecs vectors of columns (row strides lda,
 // ldb, ldo). The kRows x kVecs accumulators are vector variables, so they live in registers.
-template <typename T, int kRows, int kVecs>
+template <typename T, int kBytes, int kRows, int kVecs>
 PULSE_CPU_INLINE void gemm_tile(const T* __restrict a, int64_t lda, const T* __restrict b, int64_t ldb,
                                 T* __restrict out, int64_t ldo, int64_t depth) {
-  using V = typename Vec64<T>::type;
+  using V = typename Vec<T, kBytes>::type;
   constexpr int kLanes = int(sizeof(V) / sizeof(T));
   V acc[kRows][kVecs];
 #pragma GCC unroll 16
@@ -199,28 +201,77 @@ PULSE_CPU_INLINE void gemm_edge(const T* __restrict a, int64_t lda, const T* __r
 }
 
 // Columns [j, j + kVecs vectors) of out for all rows: register tiles of kRows rows, plain loops for the rest.
-template <typename T, int kRows, int kVecs>
+template <typename T, int kBytes, int kRows, int kVecs>
 PULSE_CPU_INLINE void gemm_columns(const T* a, const T* b, T* out, int64_t rows, int64_t cols, int64_t depth,
                                    int64_t j) {
   int64_t r = 0;
   for (; r + kRows <= rows; r += kRows)
-    gemm_tile<T, kRows, kVecs>(a + r * depth, depth, b + j, cols, out + r * cols + j, cols, depth);
+    gemm_tile<T, kBytes, kRows, kVecs>(a + r * depth, depth, b + j, cols, out + r * cols + j, cols, depth);
   if (r < rows)
-    gemm_edge(a + r * depth, depth, b + j, cols, out + r * cols + j, cols, rows - r, kVecs * int64_t(64 / sizeof(T)),
+    gemm_edge(a + r * depth, depth, b + j, cols, out + r * cols + j, cols, rows - r, int64_t(kVecs * kBytes / sizeof(T)),
               depth);
 }
 
-// out [rows, cols] = a [rows, depth] x b [depth, cols], all row-major and contiguous.
-template <typename T>
-PULSE_CPU_MULTIVERSION void gemm(const T* a, const T* b, T* out, int64_t rows, int64_t cols, int64_t depth) {
-  constexpr int64_t kLanes = 64 / sizeof(T);
-  // Register tiles of 6 rows x 4 vectors (24 accumulators on AVX-512); 12 x 2 and 12 x 1 for the
-  // narrower column tails (the 32- and 16-channel layers); plain loops for what is left.
+// out [rows, cols] = a [rows, depth] x b [depth, cols], all row-major and contiguous. Register tiles
+// of 6 rows x 4 vectors (24 of AVX-512's 32 registers) or 6 x 2 (12 of the 16 AVX2 / SSE ones), then
+// 12 x 2 and 12 x 1 for narrower column tails (the 32- and 16-channel layers), plain loops for the
+// rest. Rows in multiples of 12 never reach the plain loops' row edge (the caller pads them).
+template <typename T, int kBytes>
+PULSE_CPU_INLINE void gemm_body(const T* a, const T* b, T* out, int64_t rows, int64_t cols, int64_t depth) {
+  constexpr int64_t kLanes = kBytes / sizeof(T);
+  constexpr int kWide = kBytes == 64 ? 4 : 2;
   int64_t j = 0;
-  for (; j + 4 * kLanes <= cols; j += 4 * kLanes) gemm_columns<T, 6, 4>(a, b, out, rows, cols, depth, j);
-  for (; j + 2 * kLanes <= cols; j += 2 * kLanes) gemm_columns<T, 12, 2>(a, b, out, rows, cols, depth, j);
-  for (; j + kLanes <= cols; j += kLanes) gemm_columns<T, 12, 1>(a, b, out, rows, cols, depth, j);
+  for (; j + kWide * kLanes <= cols; j += kWide * kLanes)
+    gemm_columns<T, kBytes, 6, kWide>(a, b, out, rows, cols, depth, j);
+  if constexpr (kWide > 2)
+    for (; j + 2 * kLanes <= cols; j += 2 * kLanes) gemm_columns<T, kBytes, 12, 2>(a, b, out, rows, cols, depth, j);
+  for (; j + kLanes <= cols; j += kLanes) gemm_columns<T, kBytes, 12, 1>(a, b, out, rows, cols, depth, j);
   if (j < cols) gemm_edge(a, depth, b + j, cols, out + j, cols, rows, cols - j, depth);
+}
+
+template <typename T>
+using GemmFunction = void (*)(const T*, const T*, T*, int64_t, int64_t, int64_t);
+
+template <typename T>
+void gemm_baseline(const T* a, const T* b, T* out, int64_t rows, int64_t cols, int64_t depth) {
+  gemm_body<T, 16>(a, b, out, rows, cols, depth);
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define PULSE_WINOGRAD_X86_GEMMS 1
+template <typename T>
+__attribute__((target("avx512f"))) void gemm_avx512(const T* a, const T* b, T* out, int64_t rows, int64_t cols,
+                                                     int64_t depth) {
+  gemm_body<T, 64>(a, b, out, rows, cols, depth);
+}
+
+template <typename T>
+__attribute__((target("avx2,fma"))) void gemm_avx2(const T* a, const T* b, T* out, int64_t rows, int64_t cols,
+                                                   int64_t depth) {
+  gemm_body<T, 32>(a, b, out, rows, cols, depth);
+}
+#endif
+
+// The GEMM for this CPU, or the one PULSE_EXT_CPU_GEMM names (auto | avx512 | avx2 | baseline: so tests
+// and benchmarks can run each kernel on one machine).
+template <typename T>
+GemmFunction<T> gemm_for_this_cpu() {
+  const char* value = std::getenv("PULSE_EXT_CPU_GEMM");
+  const std::string choice = value == nullptr || *value == '\0' ? "auto" : value;
+  TORCH_CHECK(choice == "auto" || choice == "avx512" || choice == "avx2" || choice == "baseline",
+              "PULSE_EXT_CPU_GEMM must be 'auto', 'avx512', 'avx2' or 'baseline', got '", choice, "'");
+#ifdef PULSE_WINOGRAD_X86_GEMMS
+  const bool avx512 = __builtin_cpu_supports("avx512f"), avx2 = __builtin_cpu_supports("avx2") &&
+                                                                 __builtin_cpu_supports("fma");
+  TORCH_CHECK(choice != "avx512" || avx512, "PULSE_EXT_CPU_GEMM=avx512, but this CPU has no AVX-512");
+  TORCH_CHECK(choice != "avx2" || avx2, "PULSE_EXT_CPU_GEMM=avx2, but this CPU has no AVX2 + FMA");
+  if (choice == "avx512" || (choice == "auto" && avx512)) return gemm_avx512<T>;
+  if (choice == "avx2" || (choice == "auto" && avx2)) return gemm_avx2<T>;
+#else
+  TORCH_CHECK(choice == "auto" || choice == "baseline", "PULSE_EXT_CPU_GEMM=", choice,
+              " needs an x86-64 build; this one has only the baseline GEMM");
+#endif
+  return gemm_baseline<T>;
 }
 
 // ------------------------------------------------------------------------------------- tile blocks
@@ -241,10 +292,11 @@ struct TileGrid {
 // (input), ones and 4 sinks (output; one per pixel, so that no two outputs alias).
 constexpr int64_t kScratch = (kPoints + 5) * kChunk;
 
-// V[p][b][c] for the tiles [first, first + count): B^T d B of each 6x6 input tile d, times in_scale.
+// V[p][b][c] for the tiles [first, first + count): B^T d B of each 6x6 input tile d, times in_scale;
+// rows count..rows-1 of each V[p] (the GEMM's padding) are zero.
 template <typename T>
 PULSE_CPU_MULTIVERSION void transform_input_block(const T* x, const T* in_scale, const TileGrid& grid, int64_t C,
-                                                  int64_t first, int64_t count, T* V, T* scratch) {
+                                                  int64_t first, int64_t count, int64_t rows, T* V, T* scratch) {
   T* t = scratch;                               // [6][6][kChunk]: B^T d
   T* zeros = scratch + kPoints * kChunk;        // the pixels outside the image
   T* ones = zeros + kChunk;                     // in_scale when there is none
@@ -269,15 +321,16 @@ PULSE_CPU_MULTIVERSION void transform_input_block(const T* x, const T* in_scale,
         input_transform_gather(rows, s, t + j * kChunk, kAlpha * kChunk, len);
       }
       for (int i = 0; i < kAlpha; ++i)
-        input_transform_1d(t + i * kAlpha * kChunk, kChunk, V + (i * kAlpha * count + b) * C + c0, count * C, len);
+        input_transform_1d(t + i * kAlpha * kChunk, kChunk, V + (i * kAlpha * rows + b) * C + c0, rows * C, len);
     }
   }
+  for (int p = 0; p < kPoints; ++p) std::fill(V + (p * rows + count) * C, V + (p + 1) * rows * C, T(0));
 }
 
 // y for the tiles [first, first + count): A^T M A of each tile's 6x6 products, times out_scale.
 template <typename T>
 PULSE_CPU_MULTIVERSION void transform_output_block(const T* M, const T* out_scale, const TileGrid& grid, int64_t K,
-                                                   int64_t first, int64_t count, T* y, T* scratch) {
+                                                   int64_t first, int64_t count, int64_t rows, T* y, T* scratch) {
   T* o = scratch;                               // [4][6][kChunk]: A^T M
   T* ones = scratch + kPoints * kChunk;         // out_scale when there is none
   T* sinks = ones + kChunk;                     // [4][kChunk]: the pixels outside the image
@@ -290,7 +343,7 @@ PULSE_CPU_MULTIVERSION void transform_output_block(const T* M, const T* out_scal
       const T* s = out_scale ? out_scale + n * K + k0 : ones;
       // Along the columns (M[i * 6 + j] over i), then along each output row straight into y.
       for (int j = 0; j < kAlpha; ++j)
-        output_transform_1d(M + (j * count + b) * K + k0, kAlpha * count * K, o + j * kChunk, kAlpha * kChunk, len);
+        output_transform_1d(M + (j * rows + b) * K + k0, kAlpha * rows * K, o + j * kChunk, kAlpha * kChunk, len);
       for (int i = 0; i < kTile && row + i < grid.H; ++i) {
         T* dst[kTile];
         for (int j = 0; j < kTile; ++j)
@@ -331,6 +384,7 @@ void winograd_conv3x3_nhwc(const T* x, const T* in_scale, const T* U, const T* o
                            int64_t W, int64_t Cin, int64_t Cout) {
   const TileGrid grid{N, H, W, (H + kTile - 1) / kTile, (W + kTile - 1) / kTile};
   const int64_t block = tiles_per_block<T>(Cin, Cout), blocks = (grid.count() + block - 1) / block;
+  const GemmFunction<T> gemm = gemm_for_this_cpu<T>();
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     // Per-thread buffers that persist across calls: a fresh ~1 MiB allocation per call would be a
     // new mapping whose page faults cost as much as a small layer's convolution.
@@ -342,9 +396,11 @@ void winograd_conv3x3_nhwc(const T* x, const T* in_scale, const T* U, const T* o
     T* scratch = M + kPoints * block * Cout;
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t first = blk * block, count = std::min(block, grid.count() - first);
-      transform_input_block(x, in_scale, grid, Cin, first, count, V, scratch);
-      for (int p = 0; p < kPoints; ++p) gemm(V + p * count * Cin, U + p * Cin * Cout, M + p * count * Cout, count, Cout, Cin);
-      transform_output_block(M, out_scale, grid, Cout, first, count, y, scratch);
+      // The GEMM's rows padded to its 12-row register tiles (block is a multiple of 12).
+      const int64_t rows = (count + 11) / 12 * 12;
+      transform_input_block(x, in_scale, grid, Cin, first, count, rows, V, scratch);
+      for (int p = 0; p < kPoints; ++p) gemm(V + p * rows * Cin, U + p * Cin * Cout, M + p * rows * Cout, rows, Cout, Cin);
+      transform_output_block(M, out_scale, grid, Cout, first, count, rows, y, scratch);
     }
   });
 }
