@@ -98,6 +98,9 @@ FilterCache& cache() {
 }  // namespace
 
 at::Tensor winograd_filter(const at::Tensor& weight, bool adjoint) {
+  TORCH_CHECK(!weight.is_cuda() && weight.dim() == 4 && weight.size(2) == 3 && weight.size(3) == 3,
+              "winograd_filter: weight must be a CPU tensor [Cout, Cin, 3, 3], got ", weight.sizes(), " on ",
+              weight.device());
   return cache().get(weight.contiguous(), adjoint);
 }
 
