@@ -247,18 +247,21 @@ def test_batched_restarts_equal_one_by_one(targets, noise_type, tile):
             torch.testing.assert_close(solo.l2[0, 0], batched.l2[b, r], rtol=1e-9, atol=1e-12)
 
 
-def test_converged_restarts_freeze_and_dropping_them_changes_nothing(G, targets):
+def test_converged_restarts_freeze_and_dropping_them_changes_nothing(targets):
+    # float64: in float32 the library convolutions round differently for different batch sizes, and
+    # 8 steps of a chaotic search amplify that to ~1e-6; in float64 dropping rows must change nothing.
+    G64, target = tiny_search_generator(dtype=torch.float64), targets[:1].double()
     # eps between the restarts' initial L2s: some converge at step 0 and must keep their step-0 image.
-    probe = PULSE(G, steps=1, stats_samples=2000, eps=1e-9).search(targets[:1], restarts=4, seed=3)
+    probe = PULSE(G64, steps=1, stats_samples=2000, eps=1e-9).search(target, restarts=4, seed=3)
     eps = float(probe.l2[0].median())
-    runs = [PULSE(G, steps=8, stats_samples=2000, eps=eps, drop_converged=drop, sync_every=2)
-            .search(targets[:1], restarts=4, seed=3) for drop in (True, False)]
+    runs = [PULSE(G64, steps=8, stats_samples=2000, eps=eps, drop_converged=drop, sync_every=2)
+            .search(target, restarts=4, seed=3) for drop in (True, False)]
     first = probe.l2[0] < eps
     assert first.any() and not first.all()
     for run in runs:
         assert (run.converged_step[0][first] == 0).all()
         torch.testing.assert_close(run.images[0][first], probe.images[0][first])
-    torch.testing.assert_close(runs[0].images, runs[1].images, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(runs[0].images, runs[1].images, rtol=1e-9, atol=1e-9)
     assert torch.equal(runs[0].converged, runs[1].converged)
 
 
