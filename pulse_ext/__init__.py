@@ -14,9 +14,9 @@ from pulse_ext import ops
 from pulse_ext.checkpoints import load_generator, save_generator
 from pulse_ext.pulse import PULSE
 from pulse_ext.stylegan2 import Generator
-from pulse_ext.upscale import PulseConvergenceWarning, UpscaleResult, upscale
+from pulse_ext.upscale import PulseConvergenceWarning, PulseMemoryWarning, UpscaleResult, upscale
 
 __version__ = "0.1.0"
 
-__all__ = ["Generator", "PULSE", "PulseConvergenceWarning", "UpscaleResult", "load_generator", "ops", "save_generator",
-           "upscale", "__version__"]
+__all__ = ["Generator", "PULSE", "PulseConvergenceWarning", "PulseMemoryWarning", "UpscaleResult", "load_generator",
+           "ops", "save_generator", "upscale", "__version__"]

@@ -497,7 +497,7 @@ def run(args):
     from pulse_ext import __version__
     from pulse_ext.checkpoints import load_generator
     from pulse_ext.cli import PROG, UsageError
-    from pulse_ext.upscale import PulseConvergenceWarning, tensor_to_pil, upscale, valid_input_sizes
+    from pulse_ext.upscale import PulseConvergenceWarning, PulseMemoryWarning, tensor_to_pil, upscale, valid_input_sizes
 
     apply_thread_setting(args.threads)
     if getattr(args, "align", False) or any(os.path.isdir(path) for path in args.inputs):
@@ -565,6 +565,7 @@ def run(args):
         label = Path(path).name if len(args.inputs) == 1 else f"[{index + 1}/{len(args.inputs)}] {Path(path).name}"
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", PulseConvergenceWarning)
+            warnings.simplefilter("always", PulseMemoryWarning)
             try:
                 result = upscale(image, generator=G, restarts=args.restarts, steps=args.steps,
                                  num_outputs=args.num_outputs, eps=args.eps, loss=args.loss, seed=seed, device=device,
@@ -573,7 +574,7 @@ def run(args):
             except ValueError as exc:  # an option the search refuses (e.g. a loss the generator cannot use)
                 raise UsageError(str(exc)) from None
         for warning in caught:
-            if issubclass(warning.category, PulseConvergenceWarning):
+            if issubclass(warning.category, (PulseConvergenceWarning, PulseMemoryWarning)):
                 warn(f"{path}: {str(warning.message).removeprefix('PULSE: ')}")
             else:
                 warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)

@@ -8,7 +8,8 @@ that survives crashes, resume, and sharding across ``torchrun`` ranks.
   depends neither on the order of inputs, nor on the batch it was searched in, nor on the sharding.
 - Batches: inputs of the same size are searched together, ``--batch`` at a time, as one
   ``PULSE.search`` of [B, C, h, w]. On out-of-memory the batch is split (restarts first, then inputs)
-  and retried; on CUDA the batch is capped beforehand from the free memory and a measured per-row cost.
+  and retried; the batch is capped beforehand from the memory available and the cost of a search row
+  (measured on CUDA, estimated from the generator's layer shapes on the CPU; pulse_ext/pulse/batching.py).
 - Outputs are written atomically (temporary file + rename). After an input's outputs are on disk, one
   JSON line is appended to the manifest (flush + fsync): input, outputs, loss, l2, converged, seed,
   time, error. A run that is killed and started again skips inputs the manifest records as done (with
@@ -35,18 +36,11 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from pulse_ext.pulse.batching import (OOM_ERRORS, merge_results, probe_row_bytes, row_bytes_for,  # noqa: F401
+                                      rows_that_fit, search_split)
+
 MANIFEST = "manifest.jsonl"
 RANK_MANIFEST = "manifest.rank{rank}.jsonl"
-
-
-def _oom_types():
-    types = [torch.cuda.OutOfMemoryError]
-    if hasattr(torch, "OutOfMemoryError"):
-        types.append(torch.OutOfMemoryError)
-    return tuple(types)
-
-
-OOM_ERRORS = _oom_types()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -182,96 +176,6 @@ def merge_manifests(folder) -> int:
     for path in manifest_files(folder)[1:]:
         path.unlink()
     return len(records)
-
-
-# --------------------------------------------------------------------------------------------------
-# searching with out-of-memory splitting
-
-def merge_results(parts, dim):
-    """Concatenate ``SearchResult``s split along inputs (dim 0) or restarts (dim 1)."""
-    from pulse_ext.pulse.search import SearchResult
-
-    cat = {key: torch.cat([getattr(p, key) for p in parts], dim)
-           for key in ("images", "latents", "l2", "l1", "loss", "converged", "converged_step")}
-    if dim == 0:
-        seeds = [row for p in parts for row in p.seeds]
-    else:
-        seeds = [sum((p.seeds[b] for p in parts), []) for b in range(len(parts[0].seeds))]
-    seconds = sum(p.seconds for p in parts)
-    steps_run = max(p.steps_run for p in parts)
-    return SearchResult(**cat, seeds=seeds, steps_run=steps_run, seconds=seconds,
-                        stats_seconds=sum(p.stats_seconds for p in parts),
-                        timings={"search_s": seconds, "seconds_per_step": seconds / max(steps_run, 1),
-                                 "splits": len(parts)})
-
-
-def search_split(search: Callable, targets: torch.Tensor, seeds: List[List[int]], max_rows: Optional[int] = None,
-                 on_split: Optional[Callable[[str], None]] = None):
-    """``search(targets [B, C, h, w], seeds [B][R])`` with batches of at most ``max_rows`` = B * R rows, and
-    on out-of-memory halved (restarts first, then inputs) and retried; the parts are merged back.
-
-    Valid because a restart's trajectory depends only on its seed (not on what else is in the batch).
-    """
-    num_inputs, num_restarts = len(seeds), len(seeds[0])
-    try:
-        if max_rows is not None and num_inputs * num_restarts > max_rows and num_inputs * num_restarts > 1:
-            raise _Split(f"{num_inputs}x{num_restarts} rows > cap {max_rows}")
-        return search(targets, seeds)
-    except (_Split,) + OOM_ERRORS as exc:
-        if num_inputs * num_restarts == 1:
-            raise
-        if not isinstance(exc, _Split):
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            reason = "out of memory"
-        else:
-            reason = str(exc)
-        if num_restarts > 1:
-            half = num_restarts // 2
-            parts = [[row[:half] for row in seeds], [row[half:] for row in seeds]]
-            if on_split:
-                on_split(f"{reason}: splitting {num_restarts} restarts into {half} + {num_restarts - half}")
-            return merge_results([search_split(search, targets, part, max_rows, on_split) for part in parts], 1)
-        half = num_inputs // 2
-        if on_split:
-            on_split(f"{reason}: splitting {num_inputs} inputs into {half} + {num_inputs - half}")
-        return merge_results([search_split(search, targets[:half], seeds[:half], max_rows, on_split),
-                              search_split(search, targets[half:], seeds[half:], max_rows, on_split)], 0)
-
-
-class _Split(Exception):
-    pass
-
-
-def probe_row_bytes(searcher, shape, device) -> Optional[int]:
-    """CUDA bytes one search row (one restart of one input) needs: the peak memory of 2-step searches with 1
-    and 3 rows, differenced (so the generator's weights and fixed buffers cancel). None off CUDA."""
-    from pulse_ext.pulse.search import PULSE
-
-    device = torch.device(device)
-    if device.type != "cuda":
-        return None
-    probe = PULSE(searcher.generator, loss=searcher.loss, eps=0.0, steps=2, noise_type=searcher.noise_type,
-                  downscale=searcher.downscale, tile_latent=searcher.tile_latent, latent_stats=searcher.latent_stats(),
-                  drop_converged=False)
-    target = torch.full((1, *shape), 0.5, device=device)
-    peaks = []
-    for rows in (1, 3):
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        probe.search(target, seeds=[list(range(rows))])
-        torch.cuda.synchronize(device)
-        peaks.append(torch.cuda.max_memory_allocated(device) - base)
-    return max(int((peaks[1] - peaks[0]) / 2), 1)
-
-
-def rows_that_fit(row_bytes: Optional[int], device, fraction: float = 0.8) -> Optional[int]:
-    """How many search rows fit in ``fraction`` of the device's free memory (None: no cap)."""
-    if row_bytes is None or torch.device(device).type != "cuda":
-        return None
-    free, _ = torch.cuda.mem_get_info(torch.device(device))
-    return max(int(free * fraction // row_bytes), 1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -516,10 +420,14 @@ def _run_ranked(args, out, inputs, aligner, dist, started):
         nonlocal row_bytes, max_rows
         targets = torch.stack([t for item in batch for t in item.tensors])
         seeds = [[restart_seed(s, 0, r) for r in range(args.restarts)] for item in batch for s in item.seeds]
-        if device.type == "cuda" and row_bytes is None:
-            row_bytes = probe_row_bytes(searcher, tuple(targets.shape[1:]), device)
+        if device.type in ("cuda", "cpu") and row_bytes is None:
+            # CUDA: measured once; CPU: estimated from the layer shapes (the kernel kills a process that
+            # over-asks instead of raising an error), against the memory available when the job starts.
+            row_bytes = row_bytes_for(searcher, tuple(targets.shape[1:]), device)
             max_rows = rows_that_fit(row_bytes, device)
-            say(f"about {row_bytes / 2 ** 20:.1f} MiB per restart: at most {max_rows} restarts per batch")
+            if max_rows is not None:
+                how = "measured" if device.type == "cuda" else "estimated"
+                say(f"about {row_bytes / 2 ** 20:.1f} MiB per restart ({how}): at most {max_rows} restarts per batch")
         t0 = time.perf_counter()
         result = search_split(lambda x, s: searcher.search(x, seeds=s), targets, seeds, max_rows,
                               on_split=lambda text: say(text))

@@ -15,6 +15,8 @@ from typing import Dict, List, Optional, Union
 import numpy as np
 import torch
 
+from pulse_ext.pulse.batching import search_in_parts
+from pulse_ext.pulse.latent import restart_seed
 from pulse_ext.pulse.search import PULSE, SearchResult
 
 # ITU-R 601-2 luma, as PIL's convert("L").
@@ -23,6 +25,10 @@ _LUMA = (0.299, 0.587, 0.114)
 
 class PulseConvergenceWarning(UserWarning):
     """No restart (or fewer than num_outputs restarts) reached L2 < eps; the best found is returned."""
+
+
+class PulseMemoryWarning(UserWarning):
+    """The restarts did not fit the memory available at once and were searched in batches (same results)."""
 
 
 @dataclass
@@ -201,6 +207,9 @@ def upscale(image, *, generator=None, restarts: int = 8, steps: int = 100, num_o
     Returns:
         A PIL image (num_outputs=1), a list of K PIL images, or an ``UpscaleResult``.
         If no restart reaches eps, the best found is still returned, with a ``PulseConvergenceWarning``.
+        Restarts that do not fit the memory available at once (CPU: estimated from the generator's layer
+        shapes; CUDA: on an out-of-memory error) are searched in batches, with a ``PulseMemoryWarning``;
+        the results are the same (each restart depends only on its seed), callbacks see each batch in turn.
     """
     start = time.perf_counter()
     if int(num_outputs) < 1 or int(num_outputs) > int(restarts):
@@ -217,8 +226,12 @@ def upscale(image, *, generator=None, restarts: int = 8, steps: int = 100, num_o
     if seed is None:
         seed = secrets.randbits(63)
     searcher = PULSE(generator, loss=loss, eps=eps, steps=steps, **options)
-    result = searcher.search(x, restarts=restarts, seed=int(seed), progress=progress, callback=callback,
-                             callback_every=callback_every)
+    # Restarts that would not fit the memory available are searched in batches (the same results: a
+    # restart depends only on its seed), with a PulseMemoryWarning saying so.
+    seeds = [[restart_seed(int(seed), 0, r) for r in range(int(restarts))]]
+    result = search_in_parts(searcher, x.reshape(1, *x.shape[-3:]), seeds, next(generator.parameters()).device,
+                             on_split=lambda text: warnings.warn(f"PULSE: {text}", PulseMemoryWarning, stacklevel=3),
+                             progress=progress, callback=callback, callback_every=callback_every)
 
     picked = select_candidates(result, int(num_outputs))
     converged = [bool(result.converged[0, r]) for r in picked]

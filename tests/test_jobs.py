@@ -223,9 +223,30 @@ def test_oom_split_merges_to_the_unsplit_result():
         jobs.search_split(lambda x, s: (_ for _ in ()).throw(torch.OutOfMemoryError("fake")), targets[:1], [[1]])
 
 
-def test_rows_that_fit_is_none_off_cuda():
-    assert jobs.rows_that_fit(None, "cpu") is None and jobs.rows_that_fit(10, "cpu") is None
-    assert jobs.probe_row_bytes(None, (3, 4, 4), "cpu") is None
+def test_cpu_rows_are_capped_from_the_estimate_and_the_available_memory(monkeypatch):
+    from pulse_ext.pulse import batching
+
+    G = tiny_generator()
+    assert jobs.probe_row_bytes(None, (3, 4, 4), "cpu") is None  # measuring is for CUDA
+    # one sample's synthesis-layer outputs: 32 channels at 4, 8, 8, 16, 16 px (fp32)
+    assert batching.activation_bytes(G) == 32 * (4 ** 2 + 2 * 8 ** 2 + 2 * 16 ** 2) * 4
+    assert batching.cpu_row_bytes(G) == 5 * batching.activation_bytes(G)
+    assert batching.cpu_row_bytes(G, "reference") == 2 * batching.cpu_row_bytes(G)
+    monkeypatch.setattr(batching, "available_cpu_bytes", lambda: 10_000)
+    assert jobs.rows_that_fit(1_000, "cpu") == 8 and jobs.rows_that_fit(50_000, "cpu") == 1
+    assert jobs.rows_that_fit(None, "cpu") is None
+    monkeypatch.setattr(batching, "available_cpu_bytes", lambda: None)  # not Linux: no cap
+    assert jobs.rows_that_fit(1_000, "cpu") is None
+
+
+def test_available_cpu_bytes_reads_meminfo():
+    from pulse_ext.pulse import batching
+
+    available = batching.available_cpu_bytes()
+    if not os.path.exists("/proc/meminfo"):
+        assert available is None
+    else:
+        assert available is not None and 0 < available <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import tiny_search_generator
-from pulse_ext.upscale import PulseConvergenceWarning, UpscaleResult, image_to_tensor, upscale, valid_input_sizes
+from pulse_ext.upscale import (PulseConvergenceWarning, PulseMemoryWarning, UpscaleResult, image_to_tensor, upscale,
+                               valid_input_sizes)
 
 FAST = dict(stats_samples=1000)
 
@@ -127,3 +128,22 @@ def test_upscale_resolves_generator_names_through_checkpoints(G, face, monkeypat
     assert calls == [("default", "cpu"), ("some/file.safetensors", "cpu")]
     with pytest.raises(TypeError, match="generator must be"):
         upscale(face, generator=42, restarts=1, steps=1)
+
+
+def test_restarts_that_do_not_fit_the_memory_are_searched_in_batches_with_the_same_results(face, monkeypatch):
+    """On the CPU the restarts' memory is estimated before the search: when they do not fit what is
+    available, they run in batches (a PulseMemoryWarning says so) and give the same images (float64: in
+    float32 library convolutions round differently per batch size)."""
+    from pulse_ext.pulse import batching
+
+    G = tiny_search_generator(dtype=torch.float64)
+    options = dict(generator=G, restarts=5, steps=6, eps=1e-12, seed=3, num_outputs=5, return_result=True, **FAST)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PulseConvergenceWarning)
+        whole = upscale(face, **options)
+        monkeypatch.setattr(batching, "available_cpu_bytes", lambda: int(2.5 * batching.cpu_row_bytes(G) / 0.8))
+        with pytest.warns(PulseMemoryWarning, match="5 restarts need about .* and 2 fit the memory available now"):
+            parts = upscale(face, **options)
+    assert parts.search.timings["splits"] == 2 and parts.search.seeds == whole.search.seeds
+    torch.testing.assert_close(parts.search.images, whole.search.images, rtol=1e-9, atol=1e-9)
+    assert parts.restart_indices == whole.restart_indices
