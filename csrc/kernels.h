@@ -106,6 +106,14 @@ template <typename T> void winograd_filter_transform(const T* weight, int64_t Co
 // winograd_filter_transform; in_scale [N, Cin] and out_scale [N, Cout] may be nullptr (= 1).
 template <typename T> void winograd_conv3x3_nhwc(const T* x, const T* in_scale, const T* U, const T* out_scale, T* y,
                                                  int64_t N, int64_t H, int64_t W, int64_t Cin, int64_t Cout);
+// The same convolution in three passes over the whole layer, for wide layers whose transformed filter
+// does not fit in cache: V [36, tiles, Cin] = input transform; M [36, tiles, Cout] = V x U (a batched
+// GEMM, the caller's); y = output transform of M. tiles = winograd_tiles(N, H, W).
+int64_t winograd_tiles(int64_t N, int64_t H, int64_t W);
+template <typename T> void winograd_input_transform_nhwc(const T* x, const T* in_scale, T* V, int64_t N, int64_t H,
+                                                         int64_t W, int64_t C);
+template <typename T> void winograd_output_transform_nhwc(const T* M, const T* out_scale, T* y, int64_t N, int64_t H,
+                                                          int64_t W, int64_t K);
 }  // namespace cpu
 
 #ifdef PULSE_EXT_WITH_CUDA

@@ -205,13 +205,18 @@ bool is_pointwise(const at::Tensor& weight, int64_t up, int64_t padding) {
 // (cpu/winograd_conv.cpp), or oneDNN's direct convolution around our scaling kernels. PULSE_EXT_CPU_CONV
 // = auto (the default), winograd or onednn, so benchmarks and tests can compare them.
 //
-// auto takes Winograd up to Cin * Cout = 256 * 256, where its transformed filter (36 * Cin * Cout
-// values, 9.4 MB at 256 x 256 in fp32) stays cache-resident: measured on a 2-core Zen 4, forward +
-// backward, it ran 1.1-2.8x faster than oneDNN for 128 x 128 and smaller layers at every batch,
-// 1.5x for 256 x 256 at 64 px, but 0.2-0.6x for 512 x 512 layers (38 MB filters streamed from memory).
-constexpr int64_t kWinogradMaxChannelProduct = 256 * 256;
+// auto takes Winograd for layers up to 128 x 128 channels at any size, and for wider ones from 16
+// tiles of 4x4 output pixels on (e.g. 16x16 at one restart). Measured on a 2-core Zen 4, forward +
+// backward against oneDNN: 1.1-3x for 128 x 128 and narrower at every batch (1 tile included); 1.7-2.5x
+// for 256 x 256 and 512 x 512 from 16 tiles on; but with 1-4 tiles a wide layer's transformed filter
+// (9.4 MB at 256 x 256, 38 MB at 512 x 512) costs more to read than the few tiles gain: 0.3-1.0x.
+constexpr int64_t kWinogradAnySizeMaxChannelProduct = 128 * 128;
+constexpr int64_t kWinogradMinTilesWhenWide = 16;
+// Layers up to this many channel pairs run the cache-blocked kernel; wider ones the whole-layer passes.
+constexpr int64_t kWinogradBlockedMaxChannelProduct = 256 * 256;
 
-bool cpu_uses_winograd(const at::Tensor& weight, int64_t up, int64_t padding, ConvDtype conv_dtype) {
+bool cpu_uses_winograd(const at::Tensor& x, const at::Tensor& weight, int64_t up, int64_t padding,
+                       ConvDtype conv_dtype) {
   const char* value = std::getenv("PULSE_EXT_CPU_CONV");
   const std::string choice = value == nullptr || *value == '\0' ? "auto" : value;
   TORCH_CHECK(choice == "auto" || choice == "winograd" || choice == "onednn",
@@ -219,18 +224,36 @@ bool cpu_uses_winograd(const at::Tensor& weight, int64_t up, int64_t padding, Co
   const bool applicable = weight.size(2) == 3 && up == 1 && padding == 1 &&
                           (!conv_dtype || *conv_dtype == weight.scalar_type());
   if (!applicable || choice == "onednn") return false;
-  return choice == "winograd" || weight.size(0) * weight.size(1) <= kWinogradMaxChannelProduct;
+  if (choice == "winograd" || weight.size(0) * weight.size(1) <= kWinogradAnySizeMaxChannelProduct) return true;
+  return cpu::winograd_tiles(x.size(0), x.size(2), x.size(3)) >= kWinogradMinTilesWhenWide;
 }
 
 // y [N, Cout, H, W] (NHWC memory) = out_scale * conv3x3(x * in_scale); scales [N, C] or absent.
+// Layers up to 256 x 256 channels run the cache-blocked kernel (transforms and GEMMs per block of tiles,
+// in L2). Wider ones run three whole-layer passes with ATen's batched GEMM (MKL) in the middle: their
+// transformed filter (38 MB at 512 x 512) is then read once per transform point instead of once per
+// block of tiles, which had made the blocked kernel 0.2-0.9x oneDNN there.
 at::Tensor winograd_conv3x3(const at::Tensor& x_nhwc, const at::Tensor& filter, const std::optional<at::Tensor>& in_scale,
                             const std::optional<at::Tensor>& out_scale, int64_t cout) {
   const int64_t n = x_nhwc.size(0), cin = x_nhwc.size(1), h = x_nhwc.size(2), w = x_nhwc.size(3);
   at::Tensor y = at::empty({n, cout, h, w}, x_nhwc.options().memory_format(kChannelsLast));
-  AT_DISPATCH_FLOATING_TYPES(x_nhwc.scalar_type(), "winograd_conv3x3_nhwc", [&] {
-    cpu::winograd_conv3x3_nhwc<scalar_t>(x_nhwc.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(in_scale),
-                                         filter.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(out_scale),
-                                         y.data_ptr<scalar_t>(), n, h, w, cin, cout);
+  if (cin * cout <= kWinogradBlockedMaxChannelProduct) {
+    AT_DISPATCH_FLOATING_TYPES(x_nhwc.scalar_type(), "winograd_conv3x3_nhwc", [&] {
+      cpu::winograd_conv3x3_nhwc<scalar_t>(x_nhwc.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(in_scale),
+                                           filter.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(out_scale),
+                                           y.data_ptr<scalar_t>(), n, h, w, cin, cout);
+    });
+    return y;
+  }
+  at::Tensor transformed = at::empty({36, cpu::winograd_tiles(n, h, w), cin}, x_nhwc.options());
+  AT_DISPATCH_FLOATING_TYPES(x_nhwc.scalar_type(), "winograd_input_transform_nhwc", [&] {
+    cpu::winograd_input_transform_nhwc<scalar_t>(x_nhwc.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(in_scale),
+                                                 transformed.data_ptr<scalar_t>(), n, h, w, cin);
+  });
+  const at::Tensor products = at::bmm(transformed, filter);  // [36, tiles, Cout]
+  AT_DISPATCH_FLOATING_TYPES(x_nhwc.scalar_type(), "winograd_output_transform_nhwc", [&] {
+    cpu::winograd_output_transform_nhwc<scalar_t>(products.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(out_scale),
+                                                  y.data_ptr<scalar_t>(), n, h, w, cout);
   });
   return y;
 }
@@ -265,7 +288,7 @@ at::Tensor modulated_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, c
     return y;
   }
   const at::Tensor x_nhwc = x.contiguous(kChannelsLast);
-  if (cpu_uses_winograd(weight, up, padding, conv_dtype))
+  if (cpu_uses_winograd(x, weight, up, padding, conv_dtype))
     return winograd_conv3x3(x_nhwc, winograd_filter(weight, /*adjoint=*/false), styles, demod, cout);
   at::Tensor xs = at::empty(x.sizes(), x.options().memory_format(kChannelsLast));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "scale_channels_nhwc", [&] {
@@ -324,7 +347,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_cpu(
   // d loss / d demod = sum(grad * y) / demod
   if (demod) grad_demod = (g * y).sum({2, 3}) / *demod;
   at::Tensor grad_xs;
-  if (cpu_uses_winograd(weight, up, padding, conv_dtype)) {
+  if (cpu_uses_winograd(x, weight, up, padding, conv_dtype)) {
     // The data gradient: the convolution with the flipped, transposed filter, demod scaling its input.
     grad_xs = winograd_conv3x3(g, winograd_filter(weight, /*adjoint=*/true), demod, std::nullopt, cin);
     return scale_channels_backward_nhwc(grad_xs, x_nhwc, styles, grad_demod);

@@ -16,10 +16,12 @@
 namespace pulse_ext {
 namespace {
 
-// Filters larger than this (beyond 256 x 256 channels in fp32, which PULSE_EXT_CPU_CONV=auto sends to
-// oneDNN) are transformed per call; the cache holds at most kCacheBytes (least recently used first out).
-constexpr int64_t kMaxEntryBytes = int64_t(16) << 20;
-constexpr int64_t kCacheBytes = int64_t(256) << 20;
+// Filters larger than this (beyond 512 x 512 channels in fp32) are transformed per call; the cache
+// holds at most kCacheBytes, least recently used first out: enough for config-f's ten 512 x 512
+// entries (five layers, forward and data gradient, 47 MB each), whose transform per call had cost
+// more than their convolution at R = 1.
+constexpr int64_t kMaxEntryBytes = int64_t(64) << 20;
+constexpr int64_t kCacheBytes = int64_t(512) << 20;
 
 at::Tensor transform(const at::Tensor& w, bool adjoint) {
   const int64_t cout = w.size(0), cin = w.size(1);

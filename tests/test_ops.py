@@ -399,6 +399,7 @@ WINOGRAD_CASES = [
     (2, 70, 19, 9, 13),      # 70 = 64 + 6 input channels (the transforms' 64-channel chunks + a tail)
     (5, 16, 48, 17, 6),
     (40, 8, 8, 12, 12),      # 360 tiles: many blocks
+    (2, 260, 300, 6, 9),     # wider than 256 x 256: the whole-layer passes around a batched GEMM
 ]
 
 

@@ -292,8 +292,8 @@ struct TileGrid {
 // (input), ones and 4 sinks (output; one per pixel, so that no two outputs alias).
 constexpr int64_t kScratch = (kPoints + 5) * kChunk;
 
-// V[p][b][c] for the tiles [first, first + count): B^T d B of each 6x6 input tile d, times in_scale;
-// rows count..rows-1 of each V[p] (the GEMM's padding) are zero.
+// V[p][b][c], b < count, for the tiles [first, first + count): B^T d B of each 6x6 input tile d, times
+// in_scale. V[p] has `rows` rows (V[p][b] at V + (p * rows + b) * C).
 template <typename T>
 PULSE_CPU_MULTIVERSION void transform_input_block(const T* x, const T* in_scale, const TileGrid& grid, int64_t C,
                                                   int64_t first, int64_t count, int64_t rows, T* V, T* scratch) {
@@ -324,10 +324,10 @@ PULSE_CPU_MULTIVERSION void transform_input_block(const T* x, const T* in_scale,
         input_transform_1d(t + i * kAlpha * kChunk, kChunk, V + (i * kAlpha * rows + b) * C + c0, rows * C, len);
     }
   }
-  for (int p = 0; p < kPoints; ++p) std::fill(V + (p * rows + count) * C, V + (p + 1) * rows * C, T(0));
 }
 
-// y for the tiles [first, first + count): A^T M A of each tile's 6x6 products, times out_scale.
+// y for the tiles [first, first + count): A^T M A of each tile's 6x6 products, times out_scale. M[p]
+// has `rows` rows (M[p][b] at M + (p * rows + b) * K).
 template <typename T>
 PULSE_CPU_MULTIVERSION void transform_output_block(const T* M, const T* out_scale, const TileGrid& grid, int64_t K,
                                                    int64_t first, int64_t count, int64_t rows, T* y, T* scratch) {
@@ -396,11 +396,42 @@ void winograd_conv3x3_nhwc(const T* x, const T* in_scale, const T* U, const T* o
     T* scratch = M + kPoints * block * Cout;
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t first = blk * block, count = std::min(block, grid.count() - first);
-      // The GEMM's rows padded to its 12-row register tiles (block is a multiple of 12).
+      // The GEMM's rows padded with zeros to its 12-row register tiles (block is a multiple of 12).
       const int64_t rows = (count + 11) / 12 * 12;
       transform_input_block(x, in_scale, grid, Cin, first, count, rows, V, scratch);
+      for (int p = 0; p < kPoints; ++p) std::fill(V + (p * rows + count) * Cin, V + (p + 1) * rows * Cin, T(0));
       for (int p = 0; p < kPoints; ++p) gemm(V + p * rows * Cin, U + p * Cin * Cout, M + p * rows * Cout, rows, Cout, Cin);
       transform_output_block(M, out_scale, grid, Cout, first, count, rows, y, scratch);
+    }
+  });
+}
+
+int64_t winograd_tiles(int64_t N, int64_t H, int64_t W) {
+  return N * ((H + kTile - 1) / kTile) * ((W + kTile - 1) / kTile);
+}
+
+template <typename T>
+void winograd_input_transform_nhwc(const T* x, const T* in_scale, T* V, int64_t N, int64_t H, int64_t W, int64_t C) {
+  const TileGrid grid{N, H, W, (H + kTile - 1) / kTile, (W + kTile - 1) / kTile};
+  const int64_t tiles = grid.count(), block = 16;
+  at::parallel_for(0, (tiles + block - 1) / block, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> scratch(kScratch);
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t first = blk * block, count = std::min(block, tiles - first);
+      transform_input_block(x, in_scale, grid, C, first, count, tiles, V + first * C, scratch.data());
+    }
+  });
+}
+
+template <typename T>
+void winograd_output_transform_nhwc(const T* M, const T* out_scale, T* y, int64_t N, int64_t H, int64_t W, int64_t K) {
+  const TileGrid grid{N, H, W, (H + kTile - 1) / kTile, (W + kTile - 1) / kTile};
+  const int64_t tiles = grid.count(), block = 16;
+  at::parallel_for(0, (tiles + block - 1) / block, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> scratch(kScratch);
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t first = blk * block, count = std::min(block, tiles - first);
+      transform_output_block(M + first * K, out_scale, grid, K, first, count, tiles, y, scratch.data());
     }
   });
 }
@@ -408,7 +439,9 @@ void winograd_conv3x3_nhwc(const T* x, const T* in_scale, const T* U, const T* o
 #define INSTANTIATE(T)                                                                                        \
   template void winograd_filter_transform<T>(const T*, int64_t, int64_t, bool, T*);                           \
   template void winograd_conv3x3_nhwc<T>(const T*, const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, \
-                                         int64_t, int64_t);
+                                         int64_t, int64_t);                                                   \
+  template void winograd_input_transform_nhwc<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t);   \
+  template void winograd_output_transform_nhwc<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t);
 INSTANTIATE(float)
 INSTANTIATE(double)
 #undef INSTANTIATE

@@ -115,9 +115,10 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
         computed (one weight-gradient convolution) only when the weight requires grad.
 
     On the CPU the fused path keeps activations channels-last, and its 3x3 stride-1 "same" layers (fp32 /
-    fp64, up to 256 x 256 channels) run a Winograd F(4x4, 3x3) convolution with the style scaling and
-    demodulation fused into its transforms; it differs from a direct convolution by ~1e-6 of the output's
-    magnitude in fp32. ``PULSE_EXT_CPU_CONV=onednn`` selects oneDNN's direct convolution instead.
+    fp64; wider than 128 x 128 channels only from 16 output tiles of 4x4 on) run a Winograd F(4x4, 3x3)
+    convolution with the style scaling and demodulation fused into its transforms; it differs from a
+    direct convolution by ~1e-6 of the output's magnitude in fp32. ``PULSE_EXT_CPU_CONV=onednn`` selects
+    oneDNN's direct convolution instead.
     """
     padding = _validate(x, weight, styles, up, padding)
     check_conv_dtype(conv_dtype, "modulated_conv2d")
