@@ -566,6 +566,16 @@ def run(args):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", PulseConvergenceWarning)
             warnings.simplefilter("always", PulseMemoryWarning)
+            record = warnings.showwarning  # what catch_warnings(record=True) installed: appends to caught
+
+            def show(message, category, *rest, **kwargs):
+                # Batching for memory is decided before the search starts: say so then, not after it.
+                if issubclass(category, PulseMemoryWarning):
+                    warn(f"{path}: {str(message).removeprefix('PULSE: ')}")
+                else:
+                    record(message, category, *rest, **kwargs)
+
+            warnings.showwarning = show
             try:
                 result = upscale(image, generator=G, restarts=args.restarts, steps=args.steps,
                                  num_outputs=args.num_outputs, eps=args.eps, loss=args.loss, seed=seed, device=device,
@@ -574,7 +584,7 @@ def run(args):
             except ValueError as exc:  # an option the search refuses (e.g. a loss the generator cannot use)
                 raise UsageError(str(exc)) from None
         for warning in caught:
-            if issubclass(warning.category, (PulseConvergenceWarning, PulseMemoryWarning)):
+            if issubclass(warning.category, PulseConvergenceWarning):
                 warn(f"{path}: {str(warning.message).removeprefix('PULSE: ')}")
             else:
                 warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)

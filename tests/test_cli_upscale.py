@@ -350,3 +350,16 @@ def test_threads_option(monkeypatch):
     for bad in ("0", "-1", "many"):
         with pytest.raises(Exception, match="positive integer or 'auto'"):
             _threads_option(bad)
+
+
+def test_restarts_that_do_not_fit_the_memory_are_announced_before_the_search(files, tmp_path, capsys, monkeypatch):
+    from pulse_ext.pulse import batching
+
+    monkeypatch.setattr(batching, "available_cpu_bytes", lambda: 1)  # room for one restart at a time
+    out = tmp_path / "out.png"
+    assert run_main(upscale(files, files["face"], "-o", str(out), steps=3, restarts=3)) == 0
+    err = capsys.readouterr().err
+    assert "3 restarts need about" in err and "1 fit the memory available now: searching them in batches" in err
+    assert err.index("searching them in batches") < err.index("best L2")  # before the search's progress bar
+    metadata = json.loads(out.with_suffix(".json").read_text())
+    assert len(metadata["restarts"]) == 3 and out.exists()
