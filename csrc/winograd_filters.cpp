@@ -33,7 +33,7 @@ at::Tensor transform(const at::Tensor& w, bool adjoint) {
 }
 
 struct Entry {
-  const void* source;  // where the weight lived: a weight changed in place replaces its old entry
+  const void* source;  // where the weight that last used it lives: changed in place, it replaces this entry
   at::Tensor weight;   // a private contiguous copy of the weight it was made from
   bool adjoint;
   at::Tensor filter;
@@ -54,6 +54,9 @@ class FilterCache {
       std::lock_guard<std::mutex> lock(mutex_);
       for (auto it = entries_.begin(); it != entries_.end(); ++it) {
         if (!it->matches(w, adjoint)) continue;
+        // The weight may live elsewhere than the one the entry was made from (equal contents, e.g. the
+        // same model loaded twice): an in-place change of that weight must replace this entry too.
+        it->source = w.const_data_ptr();
         entries_.splice(entries_.begin(), entries_, it);  // most recently used first
         return entries_.front().filter;
       }

@@ -471,6 +471,12 @@ def test_winograd_filter_cache_sees_every_weight_change(monkeypatch):
     check(weight)
     # a weight changed in place replaces its entries (forward and data gradient) instead of adding more
     assert torch.ops.pulse_ext._winograd_filter_cache_entries() == entries
+    # also when the entries it used were made from another tensor with the same contents
+    twin = weight.clone()
+    check(twin)
+    twin.data.mul_(2.0)
+    check(twin)
+    assert torch.ops.pulse_ext._winograd_filter_cache_entries() == entries
 
 
 def test_unknown_cpu_conv_is_reported(monkeypatch):
