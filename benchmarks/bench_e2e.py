@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -145,6 +146,17 @@ def _run_config(cfg: dict) -> dict:
         from pulse_ext.cli import tune_glibc_malloc  # what the pulse-ext command does at start-up
         row["mallopt_ok"] = tune_glibc_malloc()
     G = build_generator(size, device, cfg.get("generator"))
+    if device.type == "cpu":
+        # A configuration that cannot fit is reported, not run: the kernel's OOM killer would end it (and
+        # might pick another process). pulse_ext's own estimate of a search row's bytes, as upscale() uses.
+        from pulse_ext.pulse.batching import available_cpu_bytes, cpu_row_bytes
+        need = r * cpu_row_bytes(G, "fused" if path.startswith("fused") else "reference")
+        available = available_cpu_bytes()
+        # (The estimate has margin -- fused 5x one sample's activations, measured 3-4x -- so the whole
+        # available memory is the bar: config-f 1024 px R = 8 fused, est. 20 GiB, peaked at 13.)
+        if available is not None and need > available:
+            row["status"] = f"skipped (est. {need / 2**30:.0f} GiB > {available / 2**30:.0f} GiB available)"
+            return row
     if cfg.get("check", True) and path != "reference":
         row["max_rel_diff_vs_ref"] = agreement(G, path, device)
         if path == "grouped" and row["max_rel_diff_vs_ref"] > 1e-4:
@@ -220,9 +232,13 @@ def run_isolated(cfg: dict, timeout: float | None = None) -> dict:
     for line in proc.stdout.splitlines()[::-1]:
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+    if proc.returncode == -signal.SIGKILL:  # what the kernel's OOM killer sends; the worker leaves no message
+        status = "killed (SIGKILL: out of memory, most likely)"
+    else:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"no output, exit status {proc.returncode}"]
+        status = "error: " + tail[0][:200]
     return dict(size=cfg["size"], R=cfg["restarts"], path=cfg["path"], variant=cfg.get("variant") or "base",
-                status="error: " + tail[0][:200])
+                status=status)
 
 
 # ------------------------------------------------------------------------------------------ device limit
