@@ -77,3 +77,17 @@ def test_plot_e2e_draws_the_results_and_rejects_a_missing_file(bench, tmp_path, 
     assert not list(tmp_path.glob("*.tmp.png"))
     assert plot_e2e.main([str(tmp_path / "absent.json")]) == 2
     assert "no such results file" in capsys.readouterr().err
+
+
+def test_profile_step_writes_its_table(bench, tmp_path):
+    """benchmarks/profile_step.py on a tiny generator: the table names our ops and the step time is recorded."""
+    import profile_step
+    out = tmp_path / "profile.md"
+    threads = torch.get_num_threads()
+    try:
+        profile_step.main(["--device", "cpu", "--size", "16", "--restarts", "2", "--steps", "2", "--threads", "1",
+                           "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    text = out.read_text()
+    assert "pulse_ext::modulated_conv2d" in text and "s per step" in text
