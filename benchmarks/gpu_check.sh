@@ -53,6 +53,7 @@ run "op microbenchmarks" $PY benchmarks/bench_ops.py --device cuda
 run "bench_e2e.py" $PY benchmarks/bench_e2e.py --device cuda
 run "bench_e2e.py --progressive (search_resolution, bf16 precision)" $PY benchmarks/bench_e2e.py --device cuda \
   --progressive --sizes 64,256,1024
+run "profile_step.py (where a 64-px R=32 step goes)" $PY benchmarks/profile_step.py --device cuda
 
 echo "report: $report (overall status $status)"
 if [ -n "${OUT:-}" ]; then
