@@ -76,35 +76,44 @@ PULSE_CPU_MULTIVERSION void filter_transform_channel(const T* w, int64_t co_stri
     filter_transform_1d(rows + p * 3 * conv_out, conv_out, U + p * kAlpha * point_stride, point_stride, conv_out);
 }
 
+// The data transform of one 6-point column: r = B^T d (the one definition of B^T here).
+template <typename T>
+PULSE_CPU_INLINE void input_points(T d0, T d1, T d2, T d3, T d4, T d5, T& r0, T& r1, T& r2, T& r3, T& r4, T& r5) {
+  r0 = T(4) * d0 - T(5) * d2 + d4;
+  r1 = d3 + d4 - T(4) * (d1 + d2);
+  r2 = d4 - d3 + T(4) * (d1 - d2);
+  r3 = d4 - d2 + T(2) * (d3 - d1);
+  r4 = d4 - d2 + T(2) * (d1 - d3);
+  r5 = T(4) * d1 - T(5) * d3 + d5;
+}
+
+// The inverse transform of one 6-point column: o = A^T m, 4 outputs (the one definition of A^T here).
+template <typename T>
+PULSE_CPU_INLINE void output_points(T m0, T m1, T m2, T m3, T m4, T m5, T& o0, T& o1, T& o2, T& o3) {
+  const T sum12 = m1 + m2, diff12 = m1 - m2, sum34 = m3 + m4, diff34 = m3 - m4;
+  o0 = m0 + sum12 + sum34;
+  o1 = diff12 + T(2) * diff34;
+  o2 = sum12 + T(4) * sum34;
+  o3 = diff12 + T(8) * diff34 + m5;
+}
+
 // r_i = (B^T d)_i for 6 vectors of `len` elements: d_j at d + j * in_stride, r_i at r + i * out_stride.
 template <typename T>
 PULSE_CPU_INLINE void input_transform_1d(const T* __restrict d, int64_t in_stride, T* __restrict r,
                                          int64_t out_stride, int64_t len) {
-  for (int64_t l = 0; l < len; ++l) {
-    const T d0 = d[l], d1 = d[in_stride + l], d2 = d[2 * in_stride + l], d3 = d[3 * in_stride + l],
-            d4 = d[4 * in_stride + l], d5 = d[5 * in_stride + l];
-    r[l] = T(4) * d0 - T(5) * d2 + d4;
-    r[out_stride + l] = d3 + d4 - T(4) * (d1 + d2);
-    r[2 * out_stride + l] = d4 - d3 + T(4) * (d1 - d2);
-    r[3 * out_stride + l] = d4 - d2 + T(2) * (d3 - d1);
-    r[4 * out_stride + l] = d4 - d2 + T(2) * (d1 - d3);
-    r[5 * out_stride + l] = T(4) * d1 - T(5) * d3 + d5;
-  }
+  for (int64_t l = 0; l < len; ++l)
+    input_points(d[l], d[in_stride + l], d[2 * in_stride + l], d[3 * in_stride + l], d[4 * in_stride + l],
+                 d[5 * in_stride + l], r[l], r[out_stride + l], r[2 * out_stride + l], r[3 * out_stride + l],
+                 r[4 * out_stride + l], r[5 * out_stride + l]);
 }
 
 // o_i = (A^T m)_i, i < 4, for 6 vectors of `len` elements: m_j at m + j * in_stride, o_i at o + i * out_stride.
 template <typename T>
 PULSE_CPU_INLINE void output_transform_1d(const T* __restrict m, int64_t in_stride, T* __restrict o,
                                           int64_t out_stride, int64_t len) {
-  for (int64_t l = 0; l < len; ++l) {
-    const T m0 = m[l], m1 = m[in_stride + l], m2 = m[2 * in_stride + l], m3 = m[3 * in_stride + l],
-            m4 = m[4 * in_stride + l], m5 = m[5 * in_stride + l];
-    const T sum12 = m1 + m2, diff12 = m1 - m2, sum34 = m3 + m4, diff34 = m3 - m4;
-    o[l] = m0 + sum12 + sum34;
-    o[out_stride + l] = diff12 + T(2) * diff34;
-    o[2 * out_stride + l] = sum12 + T(4) * sum34;
-    o[3 * out_stride + l] = diff12 + T(8) * diff34 + m5;
-  }
+  for (int64_t l = 0; l < len; ++l)
+    output_points(m[l], m[in_stride + l], m[2 * in_stride + l], m[3 * in_stride + l], m[4 * in_stride + l],
+                  m[5 * in_stride + l], o[l], o[out_stride + l], o[2 * out_stride + l], o[3 * out_stride + l]);
 }
 
 // r_i = (B^T d)_i where d_j = rows[j][l] * scale[l]: the input transform along a tile's column, read
@@ -116,13 +125,8 @@ PULSE_CPU_INLINE void input_transform_gather(const T* const rows[6], const T* __
           *__restrict p4 = rows[4], *__restrict p5 = rows[5];
   for (int64_t l = 0; l < len; ++l) {
     const T s = scale[l];
-    const T d0 = p0[l] * s, d1 = p1[l] * s, d2 = p2[l] * s, d3 = p3[l] * s, d4 = p4[l] * s, d5 = p5[l] * s;
-    r[l] = T(4) * d0 - T(5) * d2 + d4;
-    r[out_stride + l] = d3 + d4 - T(4) * (d1 + d2);
-    r[2 * out_stride + l] = d4 - d3 + T(4) * (d1 - d2);
-    r[3 * out_stride + l] = d4 - d2 + T(2) * (d3 - d1);
-    r[4 * out_stride + l] = d4 - d2 + T(2) * (d1 - d3);
-    r[5 * out_stride + l] = T(4) * d1 - T(5) * d3 + d5;
+    input_points(p0[l] * s, p1[l] * s, p2[l] * s, p3[l] * s, p4[l] * s, p5[l] * s, r[l], r[out_stride + l],
+                 r[2 * out_stride + l], r[3 * out_stride + l], r[4 * out_stride + l], r[5 * out_stride + l]);
   }
 }
 
@@ -133,13 +137,14 @@ PULSE_CPU_INLINE void output_transform_scatter(const T* __restrict m, int64_t in
                                                const T* __restrict scale, int64_t len) {
   T *__restrict o0 = dst[0], *__restrict o1 = dst[1], *__restrict o2 = dst[2], *__restrict o3 = dst[3];
   for (int64_t l = 0; l < len; ++l) {
-    const T m0 = m[l], m1 = m[in_stride + l], m2 = m[2 * in_stride + l], m3 = m[3 * in_stride + l],
-            m4 = m[4 * in_stride + l], m5 = m[5 * in_stride + l];
-    const T sum12 = m1 + m2, diff12 = m1 - m2, sum34 = m3 + m4, diff34 = m3 - m4, s = scale[l];
-    o0[l] = (m0 + sum12 + sum34) * s;
-    o1[l] = (diff12 + T(2) * diff34) * s;
-    o2[l] = (sum12 + T(4) * sum34) * s;
-    o3[l] = (diff12 + T(8) * diff34 + m5) * s;
+    T r0, r1, r2, r3;
+    output_points(m[l], m[in_stride + l], m[2 * in_stride + l], m[3 * in_stride + l], m[4 * in_stride + l],
+                  m[5 * in_stride + l], r0, r1, r2, r3);
+    const T s = scale[l];
+    o0[l] = r0 * s;
+    o1[l] = r1 * s;
+    o2[l] = r2 * s;
+    o3[l] = r3 * s;
   }
 }
 
@@ -278,6 +283,9 @@ GemmFunction<T> gemm_for_this_cpu() {
 
 struct TileGrid {
   int64_t N, H, W, tiles_h, tiles_w;
+  static TileGrid of(int64_t N, int64_t H, int64_t W) {
+    return TileGrid{N, H, W, (H + kTile - 1) / kTile, (W + kTile - 1) / kTile};
+  }
   int64_t count() const { return N * tiles_h * tiles_w; }
   // Sample, first output row and first output column of tile t.
   void locate(int64_t t, int64_t& n, int64_t& row, int64_t& col) const {
@@ -382,7 +390,7 @@ void winograd_filter_transform(const T* weight, int64_t Cout, int64_t Cin, bool 
 template <typename T>
 void winograd_conv3x3_nhwc(const T* x, const T* in_scale, const T* U, const T* out_scale, T* y, int64_t N, int64_t H,
                            int64_t W, int64_t Cin, int64_t Cout) {
-  const TileGrid grid{N, H, W, (H + kTile - 1) / kTile, (W + kTile - 1) / kTile};
+  const TileGrid grid = TileGrid::of(N, H, W);
   const int64_t block = tiles_per_block<T>(Cin, Cout), blocks = (grid.count() + block - 1) / block;
   const GemmFunction<T> gemm = gemm_for_this_cpu<T>();
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
@@ -406,33 +414,36 @@ void winograd_conv3x3_nhwc(const T* x, const T* in_scale, const T* U, const T* o
   });
 }
 
-int64_t winograd_tiles(int64_t N, int64_t H, int64_t W) {
-  return N * ((H + kTile - 1) / kTile) * ((W + kTile - 1) / kTile);
+int64_t winograd_tiles(int64_t N, int64_t H, int64_t W) { return TileGrid::of(N, H, W).count(); }
+
+namespace {
+// fn(first, count, scratch) over the tiles in blocks of 16, in parallel: the whole-layer transform passes.
+template <typename T, typename Fn>
+void for_each_tile_block(int64_t tiles, const Fn& fn) {
+  constexpr int64_t kBlock = 16;
+  at::parallel_for(0, (tiles + kBlock - 1) / kBlock, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> scratch(kScratch);
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t first = blk * kBlock;
+      fn(first, std::min(kBlock, tiles - first), scratch.data());
+    }
+  });
 }
+}  // namespace
 
 template <typename T>
 void winograd_input_transform_nhwc(const T* x, const T* in_scale, T* V, int64_t N, int64_t H, int64_t W, int64_t C) {
-  const TileGrid grid{N, H, W, (H + kTile - 1) / kTile, (W + kTile - 1) / kTile};
-  const int64_t tiles = grid.count(), block = 16;
-  at::parallel_for(0, (tiles + block - 1) / block, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> scratch(kScratch);
-    for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t first = blk * block, count = std::min(block, tiles - first);
-      transform_input_block(x, in_scale, grid, C, first, count, tiles, V + first * C, scratch.data());
-    }
+  const TileGrid grid = TileGrid::of(N, H, W);
+  for_each_tile_block<T>(grid.count(), [&](int64_t first, int64_t count, T* scratch) {
+    transform_input_block(x, in_scale, grid, C, first, count, grid.count(), V + first * C, scratch);
   });
 }
 
 template <typename T>
 void winograd_output_transform_nhwc(const T* M, const T* out_scale, T* y, int64_t N, int64_t H, int64_t W, int64_t K) {
-  const TileGrid grid{N, H, W, (H + kTile - 1) / kTile, (W + kTile - 1) / kTile};
-  const int64_t tiles = grid.count(), block = 16;
-  at::parallel_for(0, (tiles + block - 1) / block, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> scratch(kScratch);
-    for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t first = blk * block, count = std::min(block, tiles - first);
-      transform_output_block(M + first * K, out_scale, grid, K, first, count, tiles, y, scratch.data());
-    }
+  const TileGrid grid = TileGrid::of(N, H, W);
+  for_each_tile_block<T>(grid.count(), [&](int64_t first, int64_t count, T* scratch) {
+    transform_output_block(M + first * K, out_scale, grid, K, first, count, grid.count(), y, scratch);
   });
 }
 
