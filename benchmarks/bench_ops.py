@@ -108,22 +108,26 @@ def main(argv=None):
                 # the reference gets the same tensor.
                 xin = xin.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
 
-            def mc(impl):
-                return lambda: ops.modulated_conv2d(xin, weight, styles, up=up, impl=impl)
+            def mc(impl, conv_dtype):
+                return lambda: ops.modulated_conv2d(xin, weight, styles, up=up, conv_dtype=conv_dtype, impl=impl)
 
-            # The stride-1 case runs twice: on CUDA cuDNN (the default) and the implicit-GEMM kernel, on
-            # the CPU Winograd (the default up to 256x256 channels) and oneDNN's direct convolution.
+            # The stride-1 case runs on each backend: on CUDA cuDNN (the default) and our implicit-GEMM
+            # kernels, in fp32 (SIMT) and bf16 (tensor cores; its reference convolves in bf16 too), on the
+            # CPU Winograd (the default up to 256x256 channels) and oneDNN's direct convolution.
             backend_variable = "PULSE_EXT_CUDA_CONV" if device.type == "cuda" else "PULSE_EXT_CPU_CONV"
-            backends = [None]
-            if up == 1:
-                backends = ["cudnn", "igemm"] if device.type == "cuda" else ["winograd", "onednn"]
-            for backend in backends:
+            variants = [(None, None)]
+            if up == 1 and device.type == "cuda":
+                variants = [(b, dt) for dt in (None, torch.bfloat16) for b in ("cudnn", "igemm")]
+            elif up == 1:
+                variants = [("winograd", None), ("onednn", None)]
+            for backend, conv_dtype in variants:
                 if backend:
                     os.environ[backend_variable] = backend
-                name = f"modulated_conv2d up={up}" + (f" [{backend}]" if backend else "")
+                name = (f"modulated_conv2d up={up}" + (" bf16" if conv_dtype else "")
+                        + (f" [{backend}]" if backend else ""))
                 row = dict(op=name, shape=f"{r}x{c}x{xin.shape[2]}->{c}x{h}")
-                row.update(bench(mc("fused"), mc("reference"), device, backward_inputs=[xin, styles],
-                                 reps_seconds=args.seconds))
+                row.update(bench(mc("fused", conv_dtype), mc("reference", conv_dtype), device,
+                                 backward_inputs=[xin, styles], reps_seconds=args.seconds))
                 flops = 2 * r * c * c * 9 * xin.shape[2] * xin.shape[3]  # at the input resolution, as NVIDIA runs it
                 row["fused_fwd_TFLOPs"] = flops / (row["fused_fwd_ms"] * 1e-3) / 1e12
                 rows.append(row)

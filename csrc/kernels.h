@@ -41,7 +41,8 @@ struct AreaDownscaleArgs {
 };
 
 // modulated convolution (stride 1): x [N, Cin, H, W], weight [Cout, Cin, k, k] contiguous, styles
-// [N, Cin], demod [N, Cout] or nullptr; output [N, Cout, Ho, Wo].
+// [N, Cin] and demod [N, Cout] or nullptr (= 1); output [N, Cout, Ho, Wo]. Without styles and demod
+// it is a plain convolution, which is how the data gradient runs it (flipped, transposed weight).
 template <typename T>
 struct ModConvArgs {
   const T* x;
@@ -137,8 +138,15 @@ template <typename T> void fir_upsample_forward(const T* in, const T* scale, T* 
                                                 int64_t wi, cudaStream_t stream);
 template <typename T> void fir_upsample_backward(const T* grad_out, T* grad_in, int64_t planes, int64_t hi, int64_t wi,
                                                  cudaStream_t stream);
-// The direct implicit-GEMM modulated convolution (stride 1), styles and demod fused.
+// The direct implicit-GEMM modulated convolution (stride 1), styles and demod fused: SIMT, exact
+// in T (cuda/modulated_conv_igemm.cu) ...
 template <typename T> void modulated_conv2d_igemm(const ModConvArgs<T>& a, T* y, cudaStream_t stream);
+// ... and on tensor cores with bf16 operands, fp32 accumulation (cuda/modulated_conv_igemm_bf16.cu):
+// the weight comes as bf16 bit patterns laid out [Cout, k, k, Cin] (a.weight is not read); needs
+// compute capability 8.0 or newer (igemm_bf16_supported).
+bool igemm_bf16_supported(int device_index);
+void modulated_conv2d_igemm_bf16(const ModConvArgs<float>& a, const uint16_t* weight_taps_bf16, float* y,
+                                 cudaStream_t stream);
 }  // namespace cuda
 #endif
 

@@ -60,14 +60,55 @@ void check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 }
 
 // Which convolution runs a stride-1 modulated convolution on CUDA: cuDNN on the style-scaled input
-// ("cudnn", the default), or the direct implicit-GEMM kernel with styles and demodulation fused
-// ("igemm"). An environment variable so benchmarks and tests can compare them without an API change.
+// ("cudnn", the default), or our implicit-GEMM kernels with styles and demodulation fused ("igemm").
+// An environment variable so benchmarks and tests can compare them without an API change.
 bool use_cuda_igemm() {
   const char* value = std::getenv("PULSE_EXT_CUDA_CONV");
   if (value == nullptr || *value == '\0' || std::string(value) == "cudnn") return false;
   TORCH_CHECK(std::string(value) == "igemm", "PULSE_EXT_CUDA_CONV must be 'cudnn' or 'igemm', got '", value, "'");
   return true;
 }
+
+#ifdef PULSE_EXT_WITH_CUDA
+// The implicit-GEMM kernels compute in x's dtype (SIMT) or, for bf16 convolutions of float32
+// activations on sm_80 and newer, on tensor cores; other combinations, and a data gradient that
+// would need negative padding, stay with cuDNN.
+bool cuda_igemm_applies(const at::Tensor& x, int64_t k, int64_t padding, ConvDtype conv_dtype) {
+  if (!x.is_cuda() || padding > k - 1 || !use_cuda_igemm()) return false;
+  if (!conv_dtype || *conv_dtype == x.scalar_type()) return true;
+  return *conv_dtype == at::kBFloat16 && x.scalar_type() == at::kFloat && cuda::igemm_bf16_supported(x.get_device());
+}
+
+template <typename T>
+ModConvArgs<T> igemm_args(const at::Tensor& x, const T* weight, const std::optional<at::Tensor>& styles,
+                          const std::optional<at::Tensor>& demod, const at::Tensor& y, int64_t k, int64_t padding) {
+  return {x.const_data_ptr<T>(), weight, data_or_null<T>(styles), data_or_null<T>(demod), x.size(0), int(x.size(1)),
+          int(x.size(2)), int(x.size(3)), int(y.size(1)), int(k), int(padding), int(y.size(2)), int(y.size(3))};
+}
+
+// demod * conv(x * styles, weight) by an implicit-GEMM kernel: x contiguous NCHW, weight [Cout, Cin, k, k]
+// (any strides), styles [N, Cin] / demod [N, Cout] contiguous or absent (= 1); stride 1.
+at::Tensor cuda_igemm_conv(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& styles,
+                           const std::optional<at::Tensor>& demod, int64_t padding, ConvDtype conv_dtype) {
+  const int64_t k = weight.size(2), ho = x.size(2) + 2 * padding - k + 1, wo = x.size(3) + 2 * padding - k + 1;
+  at::Tensor y = at::empty({x.size(0), weight.size(0), ho, wo}, x.options());
+  if (y.numel() == 0) return y;
+  if (conv_dtype && *conv_dtype != x.scalar_type()) {  // bf16 on tensor cores, x float32 (cuda_igemm_applies)
+    // The tensor-core kernel reads the weight tap-major ([Cout, k, k, Cin]): its K steps are channels of one tap.
+    const at::Tensor w_taps = weight.permute({0, 2, 3, 1}).to(at::kBFloat16).contiguous();
+    PULSE_CALL_CUDA(x, modulated_conv2d_igemm_bf16, igemm_args<float>(x, nullptr, styles, demod, y, k, padding),
+                    reinterpret_cast<const uint16_t*>(w_taps.const_data_ptr<at::BFloat16>()), y.data_ptr<float>());
+    return y;
+  }
+  const at::Tensor w = weight.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "modulated_conv2d_igemm", [&] {
+    PULSE_CALL_CUDA(x, modulated_conv2d_igemm<scalar_t>,
+                    igemm_args<scalar_t>(x, w.const_data_ptr<scalar_t>(), styles, demod, y, k, padding),
+                    y.data_ptr<scalar_t>());
+  });
+  return y;
+}
+#endif
 
 // out[n, c] = x[n, c] * scale[n, c] over each plane (out may alias x).
 void scale_channels(const at::Tensor& x, const at::Tensor& scale, at::Tensor& out) {
@@ -78,27 +119,15 @@ void scale_channels(const at::Tensor& x, const at::Tensor& scale, at::Tensor& ou
 }
 
 // The device-generic form on NCHW tensors (x_c, styles_c and demod_c contiguous): the backend's
-// convolution on the style-scaled input, with our kernels for the scaling, FIR and demodulation.
-// The implicit-GEMM kernel computes in x's dtype, so a conv_dtype sends CUDA calls to cuDNN.
+// convolution on the style-scaled input, with our kernels for the scaling, FIR and demodulation, or
+// on CUDA with PULSE_EXT_CUDA_CONV=igemm our implicit-GEMM kernels, which fuse both scalings.
 at::Tensor modulated_conv2d_generic(const at::Tensor& x_c, const at::Tensor& weight, const at::Tensor& styles_c,
                                     const std::optional<at::Tensor>& demod_c, int64_t up, int64_t padding,
                                     ConvDtype conv_dtype) {
   const at::Tensor& x = x_c;
 #ifdef PULSE_EXT_WITH_CUDA
-  if (up == 1 && x.is_cuda() && !conv_dtype && use_cuda_igemm()) {
-    const at::Tensor weight_c = weight.contiguous();
-    const int64_t k = weight.size(2), ho = x.size(2) + 2 * padding - k + 1, wo = x.size(3) + 2 * padding - k + 1;
-    at::Tensor y = at::empty({x.size(0), weight.size(0), ho, wo}, x.options());
-    if (y.numel() == 0) return y;
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "modulated_conv2d_igemm", [&] {
-      ModConvArgs<scalar_t> args{x_c.const_data_ptr<scalar_t>(), weight_c.const_data_ptr<scalar_t>(),
-                                 styles_c.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(demod_c), x.size(0),
-                                 int(x.size(1)), int(x.size(2)), int(x.size(3)), int(weight.size(0)), int(k),
-                                 int(padding), int(ho), int(wo)};
-      PULSE_CALL_CUDA(x, modulated_conv2d_igemm<scalar_t>, args, y.data_ptr<scalar_t>());
-    });
-    return y;
-  }
+  if (up == 1 && cuda_igemm_applies(x, weight.size(2), padding, conv_dtype))
+    return cuda_igemm_conv(x_c, weight, styles_c, demod_c, padding, conv_dtype);
 #endif
   at::Tensor xs = at::empty_like(x_c);
   if (x.numel() > 0) scale_channels(x_c, styles_c, xs);
@@ -124,6 +153,29 @@ at::Tensor modulated_conv2d_generic(const at::Tensor& x_c, const at::Tensor& wei
   return y;
 }
 
+// The data gradient of the library convolution (and, for up=2, of the FIR filter after it) wrt its
+// style-scaled input, from grad [N, Cout, Ho, Wo] contiguous; in conv_dtype when given.
+at::Tensor library_conv_data_grad(const at::Tensor& grad_c, const at::Tensor& x, const at::Tensor& weight, int64_t up,
+                                  int64_t padding, ConvDtype conv_dtype) {
+  // The convolution's data gradient reads only the input's shape, layout and dtype.
+  const at::Tensor input_like = at::empty(x.sizes(), x.options().dtype(conv_dtype.value_or(x.scalar_type())));
+  const at::Tensor weight_c = to_conv(weight, conv_dtype);
+  if (up == 1)
+    return std::get<0>(at::convolution_backward(to_conv(grad_c, conv_dtype), input_like, weight_c, std::nullopt,
+                                                {1, 1}, {padding, padding}, {1, 1}, false, {0, 0}, 1,
+                                                {true, false, false}));
+  at::Tensor grad_t = at::empty({grad_c.size(0), grad_c.size(1), grad_c.size(2) + 1, grad_c.size(3) + 1}, x.options());
+  if (grad_t.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fir_upsample_backward", [&] {
+      PULSE_CALL_BACKEND(x, fir_upsample_backward<scalar_t>, grad_c.const_data_ptr<scalar_t>(),
+                         grad_t.data_ptr<scalar_t>(), grad_t.size(0) * grad_t.size(1), grad_t.size(2), grad_t.size(3));
+    });
+  }
+  return std::get<0>(at::convolution_backward(to_conv(grad_t, conv_dtype), input_like, weight_c.transpose(0, 1),
+                                              std::nullopt, {2, 2}, {0, 0}, {1, 1}, true, {0, 0}, 1,
+                                              {true, false, false}));
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_generic(
     const at::Tensor& grad, const at::Tensor& y, const at::Tensor& x_c, const at::Tensor& weight,
     const at::Tensor& styles_c, const std::optional<at::Tensor>& demod_c, int64_t up, int64_t padding,
@@ -146,26 +198,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_generic
     }
     grad_c = grad_pre;
   }
-  // The convolution's data gradient reads only the input's shape, layout and dtype.
-  const at::Tensor input_like = at::empty(x.sizes(), x.options().dtype(conv_dtype.value_or(x.scalar_type())));
-  const at::Tensor weight_c = to_conv(weight, conv_dtype);
   at::Tensor grad_xs;
-  if (up == 1) {
-    grad_xs = std::get<0>(at::convolution_backward(to_conv(grad_c, conv_dtype), input_like, weight_c, std::nullopt,
-                                                   {1, 1}, {padding, padding}, {1, 1}, false, {0, 0}, 1,
-                                                   {true, false, false}));
-  } else {
-    at::Tensor grad_t = at::empty({grad_c.size(0), grad_c.size(1), grad_c.size(2) + 1, grad_c.size(3) + 1}, x.options());
-    if (grad_t.numel() > 0) {
-      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fir_upsample_backward", [&] {
-        PULSE_CALL_BACKEND(x, fir_upsample_backward<scalar_t>, grad_c.const_data_ptr<scalar_t>(),
-                           grad_t.data_ptr<scalar_t>(), grad_t.size(0) * grad_t.size(1), grad_t.size(2), grad_t.size(3));
-      });
-    }
-    grad_xs = std::get<0>(at::convolution_backward(to_conv(grad_t, conv_dtype), input_like, weight_c.transpose(0, 1),
-                                                   std::nullopt, {2, 2}, {0, 0}, {1, 1}, true, {0, 0}, 1,
-                                                   {true, false, false}));
+#ifdef PULSE_EXT_WITH_CUDA
+  const int64_t k = weight.size(2);
+  if (up == 1 && cuda_igemm_applies(x, k, padding, conv_dtype)) {
+    // The data gradient of a stride-1 convolution is one with the flipped, transposed weight and
+    // padding k - 1 - padding; the styles are applied below, and demod already was.
+    grad_xs = cuda_igemm_conv(grad_c, weight.flip({2, 3}).transpose(0, 1), std::nullopt, std::nullopt,
+                              k - 1 - padding, conv_dtype);
   }
+#endif
+  if (!grad_xs.defined()) grad_xs = library_conv_data_grad(grad_c, x, weight, up, padding, conv_dtype);
   grad_xs = from_conv(grad_xs, x).contiguous();
   at::Tensor grad_x = at::empty_like(x_c);
   at::Tensor grad_styles = at::zeros_like(styles_c);

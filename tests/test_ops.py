@@ -256,16 +256,54 @@ def test_modulated_conv2d_matches_reference(monkeypatch, device, case, layout, c
     assert y.shape == (n, cout, h * up, h * up)
 
 
+# The implicit-GEMM kernels tile 64 or 128 pixels x 64 output channels x 16 or 32 input channels:
+# these stride-1 cases also cross every tile edge with a partial tile (pixels 288 = 2 x 128 + 32,
+# 130 output and 70 input channels) and fill whole ones (64 x 64 channels, 256 pixels).
+IGEMM_CASES = [c for c in MODCONV_CASES if c[5] == 1] + [
+    (2, 70, 130, 12, 3, 1, True),
+    (2, 70, 130, 12, 3, 1, False),
+    (1, 64, 64, 16, 3, 1, True),
+    (3, 40, 3, 20, 1, 1, False),
+]
+
+
 @pytest.mark.skipif(CUDA_SKIP_REASON is not None, reason=CUDA_SKIP_REASON or "")
-@pytest.mark.parametrize("case", [c for c in MODCONV_CASES if c[5] == 1],
-                         ids=lambda c: f"n{c[0]}-{c[1]}to{c[2]}-{c[3]}px-k{c[4]}-d{int(c[6])}")
+@pytest.mark.parametrize("case", IGEMM_CASES, ids=lambda c: f"n{c[0]}-{c[1]}to{c[2]}-{c[3]}px-k{c[4]}-d{int(c[6])}")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_modulated_conv2d_cuda_implicit_gemm_matches_reference(monkeypatch, case, dtype):
-    """The direct implicit-GEMM CUDA kernel (PULSE_EXT_CUDA_CONV=igemm) against the reference."""
+    """The direct implicit-GEMM CUDA kernel (PULSE_EXT_CUDA_CONV=igemm; forward and data gradient)
+    against the reference."""
     n, cin, cout, h, k, up, demodulate = case
     x, weight, styles = make_modconv_inputs(n, cin, cout, h, k, "cuda", dtype)
     monkeypatch.setenv("PULSE_EXT_CUDA_CONV", "igemm")
     assert_modconv_matches_reference(x, weight, styles, demodulate, up)
+
+
+@pytest.mark.skipif(CUDA_SKIP_REASON is not None, reason=CUDA_SKIP_REASON or "")
+@pytest.mark.skipif(CUDA_SKIP_REASON is None and torch.cuda.get_device_capability()[0] < 8,
+                    reason="bf16 tensor cores need compute capability 8.0 or newer")
+@pytest.mark.parametrize("case", IGEMM_CASES, ids=lambda c: f"n{c[0]}-{c[1]}to{c[2]}-{c[3]}px-k{c[4]}-d{int(c[6])}")
+def test_modulated_conv2d_cuda_tensor_core_implicit_gemm(monkeypatch, case):
+    """conv_dtype=bfloat16 with PULSE_EXT_CUDA_CONV=igemm runs the tensor-core kernel (bf16 operands,
+    fp32 accumulation): forward and grads match the reference's bf16 convolution to bf16 precision."""
+    n, cin, cout, h, k, up, demodulate = case
+    x, weight, styles = make_modconv_inputs(n, cin, cout, h, k, "cuda")
+    results = {}
+    for backend, impl in (("igemm", "fused"), ("cudnn", "fused"), ("cudnn", "reference")):
+        monkeypatch.setenv("PULSE_EXT_CUDA_CONV", backend)
+        xi, si = leaves(x, styles)
+        y = ops.modulated_conv2d(xi, weight, si, demodulate=demodulate, conv_dtype=torch.bfloat16, impl=impl)
+        grad = torch.linspace(-1, 1, y.numel(), device="cuda").reshape(y.shape)
+        results[backend, impl] = (y, *torch.autograd.grad(y, [xi, si], grad))
+    for ours, ref in zip(results["igemm", "fused"], results["cudnn", "reference"]):
+        assert ours.dtype == torch.float32
+        assert _relative_max_diff(ours, ref) < 2e-2
+    if not demodulate:
+        # cuDNN rounds its bf16 result, so without demodulation its output is bf16-exact; the
+        # tensor-core kernel keeps the fp32 accumulator, which shows that it, not cuDNN, ran.
+        y_igemm, y_cudnn = results["igemm", "fused"][0], results["cudnn", "fused"][0]
+        assert torch.equal(y_cudnn, y_cudnn.bfloat16().float())
+        assert not torch.equal(y_igemm, y_igemm.bfloat16().float())
 
 
 @pytest.mark.skipif(CUDA_SKIP_REASON is not None, reason=CUDA_SKIP_REASON or "")

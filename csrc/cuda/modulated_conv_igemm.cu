@@ -3,8 +3,10 @@
 //   y[n, co, p] = d[n, co] * sum_{ci, kh, kw} w[co, ci, kh, kw] * (s[n, ci] * x[n, ci, p + (kh, kw) - pad])
 // GEMM view: M = N * Ho * Wo output pixels (all restarts share the weight, so they are one M), the
 // GEMM's N = Cout, K = Cin * k * k. Tiles of 64 pixels x 64 channels, K steps of 16, 256 threads
-// each holding a 4x4 register tile. FP32/FP64 SIMT (exact to the reference): the tensor-core
-// version and the choice of default are decided by benchmark on a GPU (see README, Performance).
+// each holding a 4x4 register tile. FP32/FP64 SIMT (exact to the reference); the bf16 tensor-core
+// form is modulated_conv_igemm_bf16.cu. Styles and demod may be absent: the data gradient runs this
+// kernel as a plain convolution with the flipped, transposed weight. Whether cuDNN or these kernels
+// are the default is decided by benchmark on a GPU (benchmarks/bench_ops.py --device cuda).
 #include "../kernels.h"
 #include "cuda_utils.cuh"
 
@@ -45,7 +47,7 @@ modconv_igemm_kernel(ModConvArgs<T> a, T* __restrict__ y) {
         const int ci = kidx / kk2, r = kidx % kk2;
         const int ih = oh + r / a.k - a.pad, iw = ow + r % a.k - a.pad;
         if (ih >= 0 && ih < a.H && iw >= 0 && iw < a.W)
-          v = a.x[((n * a.Cin + ci) * a.H + ih) * a.W + iw] * a.styles[n * a.Cin + ci];
+          v = a.x[((n * a.Cin + ci) * a.H + ih) * a.W + iw] * (a.styles ? a.styles[n * a.Cin + ci] : T(1));
       }
       tile_x[kk][mm] = v;
     }
