@@ -154,24 +154,31 @@ at::Tensor modulated_conv2d_generic(const at::Tensor& x_c, const at::Tensor& wei
 }
 
 // The data gradient of the library convolution (and, for up=2, of the FIR filter after it) wrt its
-// style-scaled input, from grad [N, Cout, Ho, Wo] contiguous; in conv_dtype when given.
-at::Tensor library_conv_data_grad(const at::Tensor& grad_c, const at::Tensor& x, const at::Tensor& weight, int64_t up,
-                                  int64_t padding, ConvDtype conv_dtype) {
+// style-scaled input, from grad [N, Cout, Ho, Wo] (contiguous in `format`: NCHW, or NHWC on the CPU's
+// channels-last path); in conv_dtype when given.
+at::Tensor library_conv_data_grad(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, int64_t up,
+                                  int64_t padding, ConvDtype conv_dtype, at::MemoryFormat format) {
   // The convolution's data gradient reads only the input's shape, layout and dtype.
-  const at::Tensor input_like = at::empty(x.sizes(), x.options().dtype(conv_dtype.value_or(x.scalar_type())));
-  const at::Tensor weight_c = to_conv(weight, conv_dtype);
+  const at::Tensor input_like =
+      at::empty(x.sizes(), x.options().dtype(conv_dtype.value_or(x.scalar_type())).memory_format(format));
+  const at::Tensor weight_conv = to_conv(weight, conv_dtype);
   if (up == 1)
-    return std::get<0>(at::convolution_backward(to_conv(grad_c, conv_dtype), input_like, weight_c, std::nullopt,
+    return std::get<0>(at::convolution_backward(to_conv(grad, conv_dtype), input_like, weight_conv, std::nullopt,
                                                 {1, 1}, {padding, padding}, {1, 1}, false, {0, 0}, 1,
                                                 {true, false, false}));
-  at::Tensor grad_t = at::empty({grad_c.size(0), grad_c.size(1), grad_c.size(2) + 1, grad_c.size(3) + 1}, x.options());
+  const int64_t n = grad.size(0), c = grad.size(1), ht = grad.size(2) + 1, wt = grad.size(3) + 1;
+  at::Tensor grad_t = at::empty({n, c, ht, wt}, x.options().memory_format(format));
   if (grad_t.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fir_upsample_backward", [&] {
-      PULSE_CALL_BACKEND(x, fir_upsample_backward<scalar_t>, grad_c.const_data_ptr<scalar_t>(),
-                         grad_t.data_ptr<scalar_t>(), grad_t.size(0) * grad_t.size(1), grad_t.size(2), grad_t.size(3));
+      if (format == at::MemoryFormat::ChannelsLast)
+        cpu::fir_upsample_backward_nhwc<scalar_t>(grad.const_data_ptr<scalar_t>(), grad_t.data_ptr<scalar_t>(), n, c,
+                                                  ht, wt);
+      else
+        PULSE_CALL_BACKEND(x, fir_upsample_backward<scalar_t>, grad.const_data_ptr<scalar_t>(),
+                           grad_t.data_ptr<scalar_t>(), n * c, ht, wt);
     });
   }
-  return std::get<0>(at::convolution_backward(to_conv(grad_t, conv_dtype), input_like, weight_c.transpose(0, 1),
+  return std::get<0>(at::convolution_backward(to_conv(grad_t, conv_dtype), input_like, weight_conv.transpose(0, 1),
                                               std::nullopt, {2, 2}, {0, 0}, {1, 1}, true, {0, 0}, 1,
                                               {true, false, false}));
 }
@@ -208,7 +215,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_generic
                               k - 1 - padding, conv_dtype);
   }
 #endif
-  if (!grad_xs.defined()) grad_xs = library_conv_data_grad(grad_c, x, weight, up, padding, conv_dtype);
+  if (!grad_xs.defined())
+    grad_xs = library_conv_data_grad(grad_c, x, weight, up, padding, conv_dtype, at::MemoryFormat::Contiguous);
   grad_xs = from_conv(grad_xs, x).contiguous();
   at::Tensor grad_x = at::empty_like(x_c);
   at::Tensor grad_styles = at::zeros_like(styles_c);
@@ -389,10 +397,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_cpu(
   const at::Tensor x_nhwc = x.contiguous(kChannelsLast);
   // d loss / d demod = sum(grad * y) / demod
   if (demod) grad_demod = (g * y).sum({2, 3}) / *demod;
-  at::Tensor grad_xs;
   if (cpu_uses_winograd(x, weight, up, padding, conv_dtype)) {
     // The data gradient: the convolution with the flipped, transposed filter, demod scaling its input.
-    grad_xs = winograd_conv3x3(g, winograd_filter(weight, /*adjoint=*/true), demod, std::nullopt, cin);
+    const at::Tensor grad_xs = winograd_conv3x3(g, winograd_filter(weight, /*adjoint=*/true), demod, std::nullopt, cin);
     return scale_channels_backward_nhwc(grad_xs, x_nhwc, styles, grad_demod);
   }
   // The gradient of the un-demodulated output.
@@ -407,24 +414,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_cpu(
     at::Tensor grad_styles = (at::bmm(g3.transpose(1, 2), x3) * weight.reshape({1, cout, cin})).sum(1);
     return {grad_x, grad_styles, grad_demod};
   }
-  // The convolution's data gradient reads only the input's shape, layout and dtype.
-  const at::Tensor input_like = at::empty(
-      x.sizes(), x.options().dtype(conv_dtype.value_or(x.scalar_type())).memory_format(kChannelsLast));
-  const at::Tensor weight_conv = to_conv(weight, conv_dtype);
-  if (up == 1) {
-    grad_xs = std::get<0>(at::convolution_backward(to_conv(g, conv_dtype), input_like, weight_conv, std::nullopt,
-                                                   {1, 1}, {padding, padding}, {1, 1}, false, {0, 0}, 1,
-                                                   {true, false, false}));
-  } else {
-    at::Tensor grad_t = at::empty({n, cout, g.size(2) + 1, g.size(3) + 1}, x.options().memory_format(kChannelsLast));
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fir_upsample_backward_nhwc", [&] {
-      cpu::fir_upsample_backward_nhwc<scalar_t>(g.const_data_ptr<scalar_t>(), grad_t.data_ptr<scalar_t>(), n, cout,
-                                                grad_t.size(2), grad_t.size(3));
-    });
-    grad_xs = std::get<0>(at::convolution_backward(to_conv(grad_t, conv_dtype), input_like, weight_conv.transpose(0, 1),
-                                                   std::nullopt, {2, 2}, {0, 0}, {1, 1}, true, {0, 0}, 1,
-                                                   {true, false, false}));
-  }
+  const at::Tensor grad_xs = library_conv_data_grad(g, x, weight, up, padding, conv_dtype, kChannelsLast);
   return scale_channels_backward_nhwc(from_conv(grad_xs, x).contiguous(kChannelsLast), x_nhwc, styles, grad_demod);
 }
 
