@@ -6,26 +6,31 @@
 namespace pulse_ext::cuda {
 namespace {
 
-// One block per output row (n, c, i): the block reads the fh x W image band in coalesced order,
-// sums columns into shared block sums, then writes diff and the row's partial losses.
+// One block per output row (n, c, i): each thread sums image columns over the fh-row band (reads
+// coalesced across the block), then each output pixel sums its fw column sums, both in a fixed order:
+// no atomics, so the loss is the same bit for bit on every run.
 template <typename T>
 __global__ void forward_kernel(AreaDownscaleArgs<T> a, T* __restrict__ diff, T* __restrict__ sq_partial,
                                T* __restrict__ abs_partial) {
-  extern __shared__ unsigned char shared_raw[];
-  T* block_sum_of = reinterpret_cast<T*>(shared_raw);  // [w]
+  extern __shared__ __align__(16) unsigned char shared_raw[];
+  T* column_sum = reinterpret_cast<T*>(shared_raw);  // [W]
   const int64_t row = blockIdx.x;
   const int64_t i = row % a.h, plane = row / a.h, c = plane % a.C, n = plane / a.C;
   const int64_t fh = a.H / a.h, fw = a.W / a.w;
-  for (int64_t j = threadIdx.x; j < a.w; j += blockDim.x) block_sum_of[j] = T(0);
-  __syncthreads();
-  const T* img = a.img + (plane * a.H + i * fh) * a.W;
-  for (int64_t e = threadIdx.x; e < fh * a.W; e += blockDim.x) atomicAdd(&block_sum_of[(e % a.W) / fw], img[e]);
+  const T* band = a.img + (plane * a.H + i * fh) * a.W;
+  for (int64_t x = threadIdx.x; x < a.W; x += blockDim.x) {
+    T sum = T(0);
+    for (int64_t r = 0; r < fh; ++r) sum += band[r * a.W + x];
+    column_sum[x] = sum;
+  }
   __syncthreads();
   const T* target = a.target + (((a.target_batch == 1 ? 0 : n) * a.C + c) * a.h + i) * a.w;
   const T inv_area = T(1) / T(fh * fw);
   T sq = T(0), ab = T(0);
   for (int64_t j = threadIdx.x; j < a.w; j += blockDim.x) {
-    const T dv = block_sum_of[j] * inv_area - target[j];
+    T sum = T(0);
+    for (int64_t q = 0; q < fw; ++q) sum += column_sum[j * fw + q];
+    const T dv = sum * inv_area - target[j];
     diff[row * a.w + j] = dv;
     sq += dv * dv;
     ab += dv < T(0) ? -dv : dv;
@@ -54,9 +59,9 @@ __global__ void backward_kernel(const T* __restrict__ diff, const T* __restrict_
 template <typename T>
 void area_downscale_forward(const AreaDownscaleArgs<T>& a, T* diff, T* sq_partial, T* abs_partial,
                             cudaStream_t stream) {
-  const size_t shared = size_t(a.w) * sizeof(T);
+  const size_t shared = size_t(a.W) * sizeof(T);
   if (shared > 48 * 1024)
-    throw std::runtime_error("area_downscale_loss: target width " + std::to_string(a.w) +
+    throw std::runtime_error("area_downscale_loss: image width " + std::to_string(a.W) +
                              " is too wide for the CUDA kernel (at most " + std::to_string(48 * 1024 / sizeof(T)) + ")");
   forward_kernel<T><<<static_cast<unsigned int>(a.N * a.C * a.h), kThreads, shared, stream>>>(a, diff, sq_partial,
                                                                                               abs_partial);
