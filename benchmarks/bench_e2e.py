@@ -185,6 +185,10 @@ def _run_config(cfg: dict) -> dict:
                    sync_every=1 if "sync1" in variant else 5)
     if "bf16" in variant:  # bf16 convolutions, then one fp32 render (no refinement: eps=0 here)
         options.update(precision="bf16", refine_steps=0)
+    if "cuda_graph" in variant:  # steps replayed from a CUDA graph (the first two eager, then the capture)
+        options.update(cuda_graph=True)
+    if "no_tf32" in variant:  # exact fp32 convolutions (torch's default lets cuDNN use TF32)
+        torch.backends.cudnn.allow_tf32 = False
     options.update(cfg.get("options", {}))
 
     def search(steps):
@@ -385,7 +389,8 @@ def main_study(args, device):
         r = args.restarts[0] if args.restarts_given else (8 if size <= 64 else 1)
         gen = DEFAULT_GENERATOR_64 if size == 64 and os.path.exists(DEFAULT_GENERATOR_64) else None
         for path in ("fused", "reference"):
-            variants = ["base", "mallopt", "sync1", "channels_last", "bf16"]
+            variants = (["base", "cuda_graph", "sync1", "channels_last", "bf16", "no_tf32"] if device.type == "cuda"
+                        else ["base", "mallopt", "sync1", "channels_last", "bf16"])
             if args.study_variants:
                 variants = ["base"] + [v for v in args.study_variants.split(",") if v != "base"]
             base_images = None
@@ -414,7 +419,9 @@ def main_study(args, device):
              f"channels_last: activations converted to channels_last before every modulated conv. bf16: "
              f"PULSE(precision='bf16'): the 3x3 convolutions in bfloat16, then one fp32 render of the results "
              f"(included in s_per_step); best_l2 / max_img_diff_vs_base compare the search result with the fp32 "
-             f"base run.")
+             f"base run. cuda_graph: PULSE(cuda_graph=True), steps replayed from a CUDA graph (the first two "
+             f"after each capture point eager; captures included in s_per_step). no_tf32: cuDNN convolutions in "
+             f"exact fp32 (the base uses torch's default, TF32 on tensor-core GPUs): the accuracy check of TF32.")
     path = write_results("e2e-loop" + (f"-{args.tag}" if args.tag else ""), device, rows, columns, notes)
     print("wrote", path)
 

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, as one command (run it in the repo root of a CUDA machine):
-#   bash benchmarks/gpu_check.sh            # GPU_CHECK_SECONDS=540 by default
+#   bash benchmarks/gpu_check.sh [STEP ...]   # GPU_CHECK_SECONDS=540 by default
+# STEPs (default: all, in this order): tests ops e2e study sanitizer profile progressive e2e-rest;
+# the build and the check that it has CUDA kernels always run. A later GPU session can run the steps
+# an earlier one had no time for, e.g. `bash benchmarks/gpu_check.sh sanitizer progressive e2e-rest`.
 # Builds the extension from source against the machine's torch, runs every test (CUDA included),
 # compute-sanitizer memcheck over the CUDA op tests, the op and end-to-end benchmarks and a step
 # profile, and writes a dated report to benchmarks/results/gpu-check-<date>.md.
@@ -20,6 +23,11 @@ results=benchmarks/results
 report=$results/gpu-check-$stamp.md
 logs=$(mktemp -d)
 status=0
+requested=("$@")
+known=" tests ops e2e study sanitizer profile progressive e2e-rest "
+for r in "${requested[@]}"; do
+  [[ "$known" == *" $r "* ]] || { echo "gpu_check.sh: unknown step '$r' (known:$known)" >&2; exit 2; }
+done
 mkdir -p "$results"
 # H100 = sm_90 (the image's own arch list, if any, may name arches nvcc 13 no longer builds).
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
@@ -30,6 +38,13 @@ deliver() {  # the report alone (quick to read) and everything in one tarball: t
   tar czf "$OUT/gpu-check-$stamp.tar.gz" "$report" $(ls "$results"/*-cuda.* 2>/dev/null) -C "$logs" . 2>/dev/null
 }
 trap deliver EXIT
+
+want() {  # want STEP: true when no steps were named on the command line, or STEP was
+  [ ${#requested[@]} -eq 0 ] && return 0
+  local r
+  for r in "${requested[@]}"; do [ "$r" = "$1" ] && return 0; done
+  return 1
+}
 
 # step NAME NEED_S CAP_S CMD...: run CMD with at most CAP_S seconds (and never past the budget), or
 # skip it when fewer than NEED_S seconds are left; its output's tail goes into the report, all of it
@@ -83,27 +98,30 @@ assert torch.cuda.is_available(), 'torch sees no GPU'; print('ok')" \
 # pytest-xdist (in the lent machines' image) spreads the CPU-bound tests over the cores.
 xdist=()
 $PY -c "import xdist" 2>/dev/null && xdist=(-n 8)
-step "all tests (CUDA included)" 60 240 $PY -m pytest -q -ra "${xdist[@]}" tests
-
+want tests && step "all tests (CUDA included)" 60 240 $PY -m pytest -q -ra "${xdist[@]}" tests
+want ops && step "op microbenchmarks" 60 150 $PY benchmarks/bench_ops.py --device cuda --seconds 0.25
+# The comparisons the issues ask for: R=1 and R=32 at 64, 256 and 1024 px (18 configurations, one
+# process each); the rest of the R grid comes last.
+want e2e && step "bench_e2e.py (R = 1, 32)" 90 240 $PY benchmarks/bench_e2e.py --device cuda --restarts 1,32 \
+  --timeout 90
+# Loop options at the default generator's shape: CUDA graph, TF32 off (TF32's accuracy check), bf16, ...
+want study && step "bench_e2e.py --study (64 px, R = 32, 100 steps)" 60 150 $PY benchmarks/bench_e2e.py \
+  --device cuda --study --sizes 64 --restarts 32 --steps 100 --timeout 60
 # Without PyTorch's caching allocator every tensor is its own allocation, so an out-of-bounds access
 # past a small tensor is not hidden inside a cached 2 MB block.
 sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-if [ -x "$sanitizer" ]; then
+if want sanitizer && [ -x "$sanitizer" ]; then
   step "compute-sanitizer memcheck: CUDA op tests" 60 150 \
     env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool memcheck --error-exitcode 3 \
     $PY -m pytest -q -x tests/test_ops.py -k "cuda and not opcheck"
-else
+elif want sanitizer; then
   printf '\n## compute-sanitizer\n\nnot found on this machine\n' >> "$report"
 fi
-
-step "op microbenchmarks" 60 150 $PY benchmarks/bench_ops.py --device cuda --seconds 0.25
-# The comparisons the issues ask for (R=1 and R=32 at 64, 256 and 1024 px; 18 configurations, one
-# process each), then the rest of the R grid if time is left.
-step "bench_e2e.py (R = 1, 32)" 90 240 $PY benchmarks/bench_e2e.py --device cuda --restarts 1,32 --timeout 90
-step "profile_step.py (where a 64-px R=32 step goes)" 30 60 $PY benchmarks/profile_step.py --device cuda
-step "bench_e2e.py --progressive (search_resolution, bf16 precision)" 90 150 $PY benchmarks/bench_e2e.py \
-  --device cuda --progressive --sizes 64,1024 --timeout 90
-step "bench_e2e.py (R = 8, 64)" 90 240 $PY benchmarks/bench_e2e.py --device cuda --restarts 8,64 --tag r8-64 --timeout 90
+want profile && step "profile_step.py (where a 64-px R=32 step goes)" 30 60 $PY benchmarks/profile_step.py --device cuda
+want progressive && step "bench_e2e.py --progressive (search_resolution, bf16 precision)" 90 150 \
+  $PY benchmarks/bench_e2e.py --device cuda --progressive --sizes 64,1024 --timeout 90
+want e2e-rest && step "bench_e2e.py (R = 8, 64)" 90 240 $PY benchmarks/bench_e2e.py --device cuda --restarts 8,64 \
+  --tag r8-64 --timeout 90
 
 echo "report: $report (overall status $status, $(($(date +%s) - start)) s)"
 exit $status

@@ -203,7 +203,7 @@ def upscale(image, *, generator=None, restarts: int = 8, steps: int = 100, num_o
         **options: forwarded to ``PULSE``: learning_rate, optimizer, lr_schedule, noise_type,
             num_trainable_noise_layers, bad_noise_layers, tile_latent, downscale ("area" | "bicubic"),
             sync_every, drop_converged, latent_stats, stats_samples, impl, search_resolution,
-            refine_steps, precision ("fp32" | "bf16").
+            refine_steps, precision ("fp32" | "bf16"), cuda_graph.
     Returns:
         A PIL image (num_outputs=1), a list of K PIL images, or an ``UpscaleResult``.
         If no restart reaches eps, the best found is still returned, with a ``PulseConvergenceWarning``.

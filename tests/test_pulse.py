@@ -12,7 +12,7 @@ from pulse_ext.pulse import latent as latent_module
 from pulse_ext.pulse.latent import latent_stats_records, load_latent_stats_records, mapping_fingerprint
 from pulse_ext.pulse.losses import LossTerm
 
-from conftest import tiny_search_generator
+from conftest import CUDA_SKIP_REASON, tiny_search_generator
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -146,6 +146,30 @@ def test_spherical_optimizer_freezes_inactive_rows_and_keeps():
     assert torch.equal(p[1], before[1]) and not torch.equal(p[0], before[0])
     kept = opt.keep(torch.tensor([0, 2]))[0]
     assert kept.shape == (2, 2, 4) and kept.requires_grad and opt.state[0]["exp_avg"].shape == (2, 2, 4)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamax", "sgdm"])
+def test_spherical_optimizer_with_tensor_step_values_equals_plain_numbers(name):
+    """The form a CUDA graph replays: learning-rate factor and step count as 0-dim tensors, the caller
+    counting the steps, gives the same trajectory as plain numbers."""
+    torch.manual_seed(1)
+    start = torch.randn(3, 2, 4, dtype=torch.float64)
+    runs = []
+    for as_tensors in (False, True):
+        p = start.clone().requires_grad_()
+        opt = SphericalOptimizer([p], name, lr=0.3)
+        for step in range(5):
+            (p ** 3).sum().backward()
+            active = torch.tensor([True, step < 3, True])
+            if as_tensors:
+                opt.num_steps += 1
+                opt.step(torch.tensor(0.5 + step / 10, dtype=torch.float64), active=active,
+                         t=torch.tensor(float(opt.num_steps), dtype=torch.float64))
+            else:
+                opt.step(0.5 + step / 10, active=active)
+            opt.zero_grad()
+        runs.append(p.detach())
+    torch.testing.assert_close(runs[1], runs[0], rtol=1e-12, atol=1e-12)
 
 
 # ---------------------------------------------------------------- downscalers
@@ -289,6 +313,31 @@ def test_search_option_errors(G, targets):
         PULSE(G, optimizer="lbfgs")
     with pytest.raises(ValueError, match="must divide the generator resolution 16"):
         PULSE(G, stats_samples=100).search(torch.rand(1, 3, 5, 5))
+    with pytest.raises(ValueError, match="cuda_graph=True needs a generator on a CUDA device, got one on cpu"):
+        PULSE(G, stats_samples=100, cuda_graph=True).search(targets[:1])
     assert PULSE(G, bad_noise_layers="0.4").bad_noise_layers == [0, 4]
     kinds = PULSE(G, num_trainable_noise_layers=2).layer_kinds()
     assert kinds == ["trainable", "trainable", "fixed", "fixed", "zero"]  # last layer zero by default
+
+
+@pytest.mark.skipif(CUDA_SKIP_REASON is not None, reason=CUDA_SKIP_REASON or "")
+@pytest.mark.parametrize("downscale", ["area", "bicubic"])
+def test_cuda_graph_search_equals_the_eager_search(targets, downscale, monkeypatch):
+    """cuda_graph=True replays captured steps (captured again after each compaction) and finds what
+    the eager loop finds: same convergence, same images up to rounding. (float64 and deterministic
+    cuDNN: the replayed step computes its step-size factors on the device, the eager one on the host,
+    and a chaotic search must not amplify that past the comparison.)"""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    Gc = tiny_search_generator(dtype=torch.float64).cuda()
+    target = targets[:1].double().cuda()
+    probe = PULSE(Gc, steps=1, stats_samples=2000, eps=1e-9, downscale=downscale).search(target, restarts=6, seed=3)
+    eps = float(probe.l2[0].median()) / 4  # some restarts converge during the search, so rows are dropped
+    runs = [PULSE(Gc, steps=30, stats_samples=2000, eps=eps, sync_every=3, downscale=downscale, cuda_graph=graph)
+            .search(target, restarts=6, seed=3) for graph in (False, True)]
+    eager, graphed = runs
+    assert graphed.timings["cuda_graph_replays"] > 0 and graphed.timings["cuda_graph_captures"] >= 1
+    assert "cuda_graph_replays" not in eager.timings
+    assert graphed.steps_run == eager.steps_run
+    assert torch.equal(graphed.converged, eager.converged) and torch.equal(graphed.converged_step, eager.converged_step)
+    torch.testing.assert_close(graphed.images, eager.images, rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(graphed.l2, eager.l2, rtol=1e-7, atol=1e-12)

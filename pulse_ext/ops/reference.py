@@ -7,6 +7,7 @@ over speed, and support autograd wrt every input (weights included) and float64.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Tuple
 
@@ -20,8 +21,10 @@ DEMOD_EPS = 1e-8
 _FIR_TAPS = (1.0, 3.0, 3.0, 1.0)
 
 
+@functools.lru_cache(maxsize=None)
 def fir_filter_2d(dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
-    """The normalised 4x4 [1,3,3,1] (x) [1,3,3,1] / 64 filter, shape [4, 4]."""
+    """The normalised 4x4 [1,3,3,1] (x) [1,3,3,1] / 64 filter, shape [4, 4] (one shared tensor per dtype
+    and device: do not modify it; cached because a CUDA graph cannot capture its host-to-device copy)."""
     taps = torch.tensor(_FIR_TAPS, dtype=dtype, device=device)
     f = torch.outer(taps, taps)
     return f / f.sum()

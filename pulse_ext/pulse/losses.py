@@ -5,6 +5,7 @@ restart's gradient is exactly the gradient it would get alone.
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -85,8 +86,11 @@ def _bicubic_weight(x: float, a: float = -0.5) -> float:
     return 0.0
 
 
+@functools.lru_cache(maxsize=None)
 def bicubic_kernel(factor: int, dtype=torch.float32, device=None) -> torch.Tensor:
-    """The original PULSE's normalised 1-D bicubic (a = -0.5) downscaling kernel, 4 * factor taps."""
+    """The original PULSE's normalised 1-D bicubic (a = -0.5) downscaling kernel, 4 * factor taps (one
+    shared tensor per arguments: do not modify it; cached because a CUDA graph cannot capture its
+    host-to-device copy)."""
     size = 4 * factor
     taps = [_bicubic_weight((i - math.floor(size / 2) + 0.5) / factor) for i in range(size)]
     k = torch.tensor(taps, dtype=torch.float64)

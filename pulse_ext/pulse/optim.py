@@ -10,7 +10,7 @@ which drops restarts from the parameters and the optimiser state.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 import torch
 
@@ -67,9 +67,10 @@ class SphericalOptimizer:
             self.radii = [sphere_radius(p) for p in self.params]
         self.state: List[Dict[str, torch.Tensor]] = [{} for _ in self.params]
 
-    def _direction(self, p: torch.Tensor, g: torch.Tensor, state: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """The update d such that p <- p - lr * d (torch.optim's formulas, no weight decay)."""
-        t = self.num_steps
+    def _direction(self, p: torch.Tensor, g: torch.Tensor, state: Dict[str, torch.Tensor],
+                   t: Union[int, torch.Tensor]) -> torch.Tensor:
+        """The update d such that p <- p - lr * d (torch.optim's formulas, no weight decay) at step t
+        (1-based; an int, or a 0-dim device tensor in a CUDA graph)."""
         if self.name == "sgd":
             return g
         if self.name == "sgdm":
@@ -86,25 +87,33 @@ class SphericalOptimizer:
         m.lerp_(g, 1 - beta1)
         if self.name == "adam":
             s.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            denom = (s.sqrt() / math.sqrt(1 - beta2 ** t)).add_(self.eps)
+            correction2 = 1 - beta2 ** t
+            correction2 = correction2.sqrt() if isinstance(correction2, torch.Tensor) else math.sqrt(correction2)
+            denom = (s.sqrt() / correction2).add_(self.eps)
             return m / denom / (1 - beta1 ** t)
         # adamax: infinity-norm second moment
         torch.maximum(s.mul_(beta2), g.abs().add_(self.eps), out=s)
         return m / s / (1 - beta1 ** t)
 
     @torch.no_grad()
-    def step(self, lr_scale: float = 1.0, active: Optional[torch.Tensor] = None) -> None:
+    def step(self, lr_scale: Union[float, torch.Tensor] = 1.0, active: Optional[torch.Tensor] = None,
+             t: Optional[torch.Tensor] = None) -> None:
         """One optimiser step then re-projection; rows where ``active`` [N] is False are left unchanged.
 
         Frozen rows still update their optimiser state (it is never used again: a frozen restart
-        stays frozen), which keeps the step free of data-dependent control flow.
+        stays frozen), which keeps the step free of data-dependent control flow. For capture in a CUDA
+        graph, ``lr_scale`` and ``t`` (the 1-based step count) are 0-dim device tensors whose values
+        the caller sets before each replay, and the caller counts ``num_steps``; by default the step
+        counts itself. The optimiser state must exist before capture (one step taken).
         """
-        self.num_steps += 1
+        if t is None:
+            self.num_steps += 1
+            t = self.num_steps
         lr = self.lr * lr_scale
         for p, radius, state in zip(self.params, self.radii, self.state):
             if p.grad is None:
                 continue
-            new = project_to_sphere(p - lr * self._direction(p, p.grad, state), radius)
+            new = project_to_sphere(p - lr * self._direction(p, p.grad, state, t), radius)
             if active is None:
                 p.copy_(new)
             else:

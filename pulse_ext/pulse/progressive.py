@@ -129,7 +129,7 @@ def staged_run(pulse, target, seeds, n, num_images, num_restarts, stats, stats_s
     final = pulse._run(target, seeds, n, num_images, num_restarts, stats, stats_seconds, device, dtype,
                        f"{label} @{G.img_resolution}px" if progress else False, callback, callback_every,
                        steps=1 + pulse.refine_steps, init=(latent, noise), lr_schedule=refine_schedule,
-                       sync_every=1)
+                       sync_every=1, cuda_graph=False)  # a few steps, compacted after each: not worth capturing
     final.converged_step = torch.where(final.converged_step >= 0, final.converged_step + coarse_result.steps_run,
                                        final.converged_step)
     final.steps_run += coarse_result.steps_run

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
@@ -110,6 +111,10 @@ class PULSE:
             (2-3x faster convolutions on CPUs with AVX512-BF16/AMX and tensor-core GPUs), then render,
             re-check and refine in the generator's dtype exactly as with ``search_resolution`` (the two
             combine). Results always describe the full-precision image.
+        cuda_graph: on CUDA, capture a search step in a CUDA graph and replay it (one launch instead of
+            hundreds of kernel launches per step; see ``pulse_ext.pulse.cuda_graph``). The step is
+            captured again after each compaction (``drop_converged``); the full-resolution refinement of
+            a staged search runs without it. Results equal the eager loop's up to rounding.
     """
 
     def __init__(self, generator, *, loss: str = "100*L2+0.05*GEOCROSS", eps: float = 2e-3, steps: int = 100,
@@ -119,7 +124,7 @@ class PULSE:
                  downscale: str = "area", sync_every: int = 5, drop_converged: bool = True,
                  latent_stats: Optional[Union[LatentStats, dict]] = None, stats_samples: int = 100_000,
                  impl: Optional[str] = None, search_resolution: Optional[int] = None, refine_steps: int = 10,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", cuda_graph: bool = False):
         self.generator = generator
         self.loss_terms = parse_loss(loss)
         self.loss = loss
@@ -167,6 +172,7 @@ class PULSE:
         if int(refine_steps) < 0:
             raise ValueError(f"refine_steps must be >= 0, got {refine_steps}")
         self.refine_steps = int(refine_steps)
+        self.cuda_graph = bool(cuda_graph)
 
     def _parse_bad_layers(self, bad) -> List[int]:
         count = len(self.noise_shapes)
@@ -262,6 +268,8 @@ class PULSE:
         n = num_images * num_restarts
         if int(callback_every) < 1:
             raise ValueError(f"callback_every must be >= 1, got {callback_every}")
+        if self.cuda_graph and device.type != "cuda":
+            raise ValueError(f"cuda_graph=True needs a generator on a CUDA device, got one on {device}")
         target = target.to(device=device, dtype=dtype)
 
         t0 = time.perf_counter()
@@ -288,15 +296,17 @@ class PULSE:
 
     def _run(self, target, seeds, n, num_images, num_restarts, stats, stats_seconds, device, dtype, progress,
              callback=None, callback_every=1, *, steps=None, synthesize=None, image_size=None, init=None,
-             lr_schedule=None, sync_every=None, track_noise=False):
+             lr_schedule=None, sync_every=None, track_noise=False, cuda_graph=None):
         """The search loop. The keyword-only arguments serve ``progressive``: steps / sync_every override the
         options; synthesize(w, noise) -> image in [-1, 1] of side image_size replaces G.synthesis; init =
         (latent, {noise layer: tensor}) replaces the random start of those tensors; lr_schedule(step, steps)
-        replaces the schedule; track_noise returns the trainable noise maps at each best image."""
+        replaces the schedule; track_noise returns the trainable noise maps at each best image; cuda_graph
+        overrides the option."""
         G = self.generator
         loss_impl = self.impl or "auto"
         steps = self.steps if steps is None else int(steps)
         sync_every = self.sync_every if sync_every is None else int(sync_every)
+        cuda_graph = self.cuda_graph if cuda_graph is None else cuda_graph
         if synthesize is None:
             def synthesize(w, noise):
                 return G.synthesis(w, noise_mode="const", noise=noise)
@@ -324,26 +334,54 @@ class PULSE:
         out_conv = torch.zeros(n, dtype=torch.bool, device=device)
         out_step = torch.full((n,), -1, dtype=torch.long, device=device)
 
-        # The same for the rows in the batch (row i of the batch is global row rows[i]).
+        # The same for the rows in the batch (row i of the batch is global row st.rows[i]). Every step
+        # updates these tensors in place (so that a CUDA graph can replay it); compaction replaces them.
         rows = torch.arange(n, device=device)
-        image_of_row = rows // num_restarts
-        row_target = target if num_images == 1 else target.index_select(0, image_of_row)
-        best_img = out_img.clone()
-        best_latent = out_latent.clone()
-        best_l2, best_l1, best_loss = out_l2.clone(), out_l1.clone(), out_loss.clone()
-        active = torch.ones(n, dtype=torch.bool, device=device)
-        conv_step = out_step.clone()
-        out_noise = [noise[i].detach().clone() for i in trainable] if track_noise else []
-        best_noise = [t.clone() for t in out_noise]
+        st = SimpleNamespace(
+            rows=rows, row_target=target if num_images == 1 else target.index_select(0, rows // num_restarts),
+            latent=latent, noise=noise, best_img=out_img.clone(), best_latent=out_latent.clone(),
+            best_l2=out_l2.clone(), best_l1=out_l1.clone(), best_loss=out_loss.clone(),
+            active=torch.ones(n, dtype=torch.bool, device=device), conv_step=out_step.clone(),
+            best_noise=[noise[i].detach().clone() for i in trainable] if track_noise else [])
+        out_noise = [t.clone() for t in st.best_noise]
 
         def flush():
-            out_img.index_copy_(0, rows, best_img)
-            out_latent.index_copy_(0, rows, best_latent)
-            for dst, src in ((out_l2, best_l2), (out_l1, best_l1), (out_loss, best_loss), (out_step, conv_step)):
-                dst.index_copy_(0, rows, src)
-            out_conv.index_copy_(0, rows, ~active)
-            for dst, src in zip(out_noise, best_noise):
-                dst.index_copy_(0, rows, src)
+            out_img.index_copy_(0, st.rows, st.best_img)
+            out_latent.index_copy_(0, st.rows, st.best_latent)
+            for dst, src in ((out_l2, st.best_l2), (out_l1, st.best_l1), (out_loss, st.best_loss),
+                             (out_step, st.conv_step)):
+                dst.index_copy_(0, st.rows, src)
+            out_conv.index_copy_(0, st.rows, ~st.active)
+            for dst, src in zip(out_noise, st.best_noise):
+                dst.index_copy_(0, st.rows, src)
+
+        def one_step(step, lr_scale, t=None):
+            """A search step on st, in place. step / lr_scale / t: ints and floats, or (in a CUDA graph)
+            0-dim device tensors set before each replay (t: the optimiser's 1-based step count)."""
+            w = latent_to_w(st.latent, stats, G.num_ws)
+            img = (synthesize(w, st.noise) + 1) / 2
+            l2, l1 = downscale_losses(img, st.row_target, self.downscale, loss_impl)
+            loss = per_restart_loss(self.loss_terms, l2, l1, w[:, :1] if self.tile_latent else w, self.eps)
+            loss.sum().backward()
+            with torch.no_grad():
+                newly = st.active & (l2 < self.eps)
+                better = st.active & ((loss < st.best_loss) | newly)
+                st.best_img.copy_(torch.where(better.view(-1, 1, 1, 1), img, st.best_img))
+                st.best_latent.copy_(torch.where(better.view(-1, 1, 1), st.latent, st.best_latent))
+                for i, best in zip(trainable, st.best_noise):
+                    best.copy_(torch.where(better.view(-1, 1, 1, 1), st.noise[i], best))
+                st.best_l2.copy_(torch.where(better, l2, st.best_l2))
+                st.best_l1.copy_(torch.where(better, l1, st.best_l1))
+                st.best_loss.copy_(torch.where(better, loss, st.best_loss))
+                st.conv_step.copy_(torch.where(newly, step, st.conv_step))
+                st.active &= ~newly
+            opt.step(lr_scale, active=st.active, t=t)
+            opt.zero_grad()
+
+        graphed = None
+        if cuda_graph:
+            from pulse_ext.pulse.cuda_graph import GraphedStep
+            graphed = GraphedStep(one_step, opt, device)
 
         bar = None
         if progress:
@@ -352,56 +390,42 @@ class PULSE:
         steps_run = 0
         start = time.perf_counter()
         for step in range(steps):
-            w = latent_to_w(latent, stats, G.num_ws)
-            img = (synthesize(w, noise) + 1) / 2
-            l2, l1 = downscale_losses(img, row_target, self.downscale, loss_impl)
-            loss = per_restart_loss(self.loss_terms, l2, l1, w[:, :1] if self.tile_latent else w, self.eps)
-            loss.sum().backward()
-            with torch.no_grad():
-                newly = active & (l2 < self.eps)
-                better = active & ((loss < best_loss) | newly)
-                best_img = torch.where(better.view(-1, 1, 1, 1), img, best_img)
-                best_latent = torch.where(better.view(-1, 1, 1), latent, best_latent)
-                best_noise = [torch.where(better.view(-1, 1, 1, 1), noise[i], b) for i, b in zip(trainable, best_noise)]
-                best_l2 = torch.where(better, l2, best_l2)
-                best_l1 = torch.where(better, l1, best_l1)
-                best_loss = torch.where(better, loss, best_loss)
-                conv_step = torch.where(newly, step, conv_step)
-                active = active & ~newly
-            opt.step(lr_schedule(step, steps), active=active)
-            opt.zero_grad()
-            del img, w, loss, l2, l1
+            if graphed is not None:
+                graphed(step, lr_schedule(step, steps))
+            else:
+                one_step(step, lr_schedule(step, steps))
             steps_run = step + 1
             finished = steps_run == steps
             if steps_run % sync_every == 0 or finished:
-                num_active = int(active.sum())  # the only host synchronisation
+                num_active = int(st.active.sum())  # the only host synchronisation
                 if bar is not None:
                     bar.update(steps_run - bar.n)
-                    bar.set_postfix_str(self._progress_text(out_l2, rows, best_l2, num_images, num_restarts,
+                    bar.set_postfix_str(self._progress_text(out_l2, st.rows, st.best_l2, num_images, num_restarts,
                                                             num_active))
                 finished = finished or num_active == 0
             if callback is not None and (steps_run % callback_every == 0 or finished):
-                callback(self._snapshot(steps_run, finished, rows, num_images, num_restarts, out_img, best_img,
-                                        out_l2, best_l2, out_loss, best_loss, active))
+                callback(self._snapshot(steps_run, finished, st.rows, num_images, num_restarts, out_img, st.best_img,
+                                        out_l2, st.best_l2, out_loss, st.best_loss, st.active))
             if steps_run % sync_every == 0 or finished:
                 if num_active == 0:
                     break
-                if self.drop_converged and num_active < rows.numel():
+                if self.drop_converged and num_active < st.rows.numel():
                     flush()
-                    keep = active.nonzero().squeeze(1)
+                    keep = st.active.nonzero().squeeze(1)
                     params = opt.keep(keep)
-                    latent = params[0]
+                    st.latent = params[0]
                     for j, i in enumerate(trainable):
-                        noise[i] = params[1 + j]
+                        st.noise[i] = params[1 + j]
                     for i in fixed:
-                        noise[i] = noise[i].index_select(0, keep)
-                    rows = rows.index_select(0, keep)
-                    row_target = target if num_images == 1 else row_target.index_select(0, keep)
-                    best_img, best_latent = best_img.index_select(0, keep), best_latent.index_select(0, keep)
-                    best_l2, best_l1 = best_l2.index_select(0, keep), best_l1.index_select(0, keep)
-                    best_loss, conv_step = best_loss.index_select(0, keep), conv_step.index_select(0, keep)
-                    best_noise = [b.index_select(0, keep) for b in best_noise]
-                    active = active.index_select(0, keep)
+                        st.noise[i] = st.noise[i].index_select(0, keep)
+                    if num_images > 1:
+                        st.row_target = st.row_target.index_select(0, keep)
+                    for name in ("rows", "best_img", "best_latent", "best_l2", "best_l1", "best_loss", "conv_step",
+                                 "active"):
+                        setattr(st, name, getattr(st, name).index_select(0, keep))
+                    st.best_noise = [b.index_select(0, keep) for b in st.best_noise]
+                    if graphed is not None:
+                        graphed.invalidate()  # the batch's tensors are new: capture again
         flush()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -417,7 +441,9 @@ class PULSE:
             l1=per_image(out_l1), loss=per_image(out_loss), converged=per_image(out_conv),
             converged_step=per_image(out_step), seeds=seeds, steps_run=steps_run, seconds=seconds,
             stats_seconds=stats_seconds,
-            timings={"search_s": seconds, "seconds_per_step": seconds / max(steps_run, 1), "stats_s": stats_seconds},
+            timings={"search_s": seconds, "seconds_per_step": seconds / max(steps_run, 1), "stats_s": stats_seconds,
+                     **({"cuda_graph_captures": graphed.captures, "cuda_graph_replays": graphed.replays}
+                        if graphed is not None else {})},
             noises=[per_image(t) for t in out_noise] if track_noise else None)
 
     @staticmethod

@@ -1,0 +1,74 @@
+"""A PULSE search step captured in a CUDA graph and replayed (``PULSE(cuda_graph=True)``).
+
+A step of the 64-px default generator is a few hundred small kernels (forward, backward, loss,
+best-so-far bookkeeping, optimiser); on a GPU their launches cost more than their work. A CUDA graph
+records the step's kernels once and replays them with one launch per step.
+
+What the captured step (``PULSE._run``'s ``one_step``) obeys for this: it updates every tensor it keeps
+in place; the values that change from step to step -- the step index, the learning-rate factor and
+the optimiser's step count -- come in as 0-dim device tensors written before each replay; it makes no
+host synchronisation. PyTorch asks for a few eager iterations on a side stream before autograd is
+captured, and the optimiser's state must exist before capture, so after every (re)capture point
+``warmup_steps`` steps run eagerly; they are search steps like any other. Compaction (rows that
+converged leave the batch) replaces the batch's tensors: the caller then calls ``invalidate()`` and
+the step is captured again.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+
+class GraphedStep:
+    """Runs ``step_fn(step, lr_scale, t=None)`` eagerly for the first steps, then as a CUDA graph.
+
+    step_fn: the search step (see the module docstring); called with Python numbers eagerly and with
+        0-dim device tensors (step: int64; lr_scale, t: the parameters' dtype) while being captured.
+    optimizer: the ``SphericalOptimizer`` the step drives; this class counts its ``num_steps`` for
+        replayed steps.
+    """
+
+    def __init__(self, step_fn: Callable, optimizer, device: torch.device, warmup_steps: int = 2):
+        if warmup_steps < 1:
+            raise ValueError(f"warmup_steps must be >= 1 (the optimiser state must exist), got {warmup_steps}")
+        self.step_fn = step_fn
+        self.optimizer = optimizer
+        self.device = torch.device(device)
+        self.warmup_steps = warmup_steps
+        dtype = optimizer.params[0].dtype
+        self.step_index = torch.zeros((), dtype=torch.long, device=self.device)
+        self.lr_scale = torch.zeros((), dtype=dtype, device=self.device)
+        self.t = torch.zeros((), dtype=dtype, device=self.device)
+        self.graph = None
+        self.eager_left = warmup_steps
+        self.captures = 0
+        self.replays = 0
+
+    def invalidate(self) -> None:
+        """The step's tensors were replaced: warm up and capture again before the next replay."""
+        self.graph = None
+        self.eager_left = self.warmup_steps
+
+    def __call__(self, step: int, lr_scale: float) -> None:
+        if self.graph is None and self.eager_left > 0:
+            self.eager_left -= 1
+            current = torch.cuda.current_stream(self.device)
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(current)
+            with torch.cuda.stream(side):
+                self.step_fn(step, lr_scale)
+            current.wait_stream(side)
+            return
+        if self.graph is None:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):  # records the kernels; runs none of them
+                self.step_fn(self.step_index, self.lr_scale, self.t)
+            self.graph = graph
+            self.captures += 1
+        self.optimizer.num_steps += 1
+        self.step_index.fill_(step)
+        self.lr_scale.fill_(lr_scale)
+        self.t.fill_(self.optimizer.num_steps)
+        self.graph.replay()
+        self.replays += 1
