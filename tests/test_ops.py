@@ -299,11 +299,40 @@ def test_modulated_conv2d_cuda_tensor_core_implicit_gemm(monkeypatch, case):
         assert ours.dtype == torch.float32
         assert _relative_max_diff(ours, ref) < 2e-2
     if not demodulate:
-        # cuDNN rounds its bf16 result, so without demodulation its output is bf16-exact; the
-        # tensor-core kernel keeps the fp32 accumulator, which shows that it, not cuDNN, ran.
-        y_igemm, y_cudnn = results["igemm", "fused"][0], results["cudnn", "fused"][0]
-        assert torch.equal(y_cudnn, y_cudnn.bfloat16().float())
-        assert not torch.equal(y_igemm, y_igemm.bfloat16().float())
+        # Tensor cores multiply the bf16-rounded operands exactly and accumulate in fp32, so against a
+        # float64 convolution of the same rounded operands the kernel is exact to ~1e-6 -- which neither
+        # cuDNN (it rounds its bf16 result: ~4e-3) nor an fp32 kernel on unrounded operands (~1e-3) is.
+        y, grad_x, _ = results["igemm", "fused"]
+        xs = (x * styles[:, :, None, None]).bfloat16().double()
+        w = weight.bfloat16().double()
+        assert _relative_max_diff(y.double(), torch.nn.functional.conv2d(xs, w, padding=k // 2)) < 1e-4
+        grad_xs = torch.nn.grad.conv2d_input(xs.shape, w, grad.bfloat16().double(), padding=k // 2)
+        assert _relative_max_diff(grad_x.double(), grad_xs * styles.double()[:, :, None, None]) < 1e-4
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend, conv_dtype", [("cudnn", None), ("igemm", None), ("igemm", torch.bfloat16)])
+def test_modulated_conv2d_without_padding(monkeypatch, device, backend, conv_dtype):
+    """padding=0 for a 3x3 kernel (every stride-1 path takes it): the output shrinks by 2 and the data
+    gradient pads by k - 1 - padding = 2, unlike the generator's "same" layers."""
+    if device == "cpu" and backend == "igemm":
+        pytest.skip("PULSE_EXT_CUDA_CONV only affects CUDA tensors")
+    if device == "cuda" and conv_dtype is not None and torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("bf16 tensor cores need compute capability 8.0 or newer")
+    monkeypatch.setenv("PULSE_EXT_CUDA_CONV", backend)
+    x, weight, styles = make_modconv_inputs(2, 9, 7, 10, 3, device)
+    grads = {}
+    for impl in ("fused", "reference"):
+        xi, si = leaves(x, styles)
+        y = ops.modulated_conv2d(xi, weight, si, padding=0, conv_dtype=conv_dtype, impl=impl)
+        assert y.shape == (2, 7, 8, 8)
+        grad = torch.linspace(-1, 1, y.numel(), device=device).reshape(y.shape)
+        grads[impl] = (y, *torch.autograd.grad(y, [xi, si], grad))
+    for fused, ref in zip(grads["fused"], grads["reference"]):
+        if conv_dtype is None:
+            torch.testing.assert_close(fused, ref, **CONV_TOL)
+        else:
+            assert _relative_max_diff(fused, ref) < 2e-2
 
 
 @pytest.mark.skipif(CUDA_SKIP_REASON is not None, reason=CUDA_SKIP_REASON or "")

@@ -130,12 +130,16 @@ modconv_igemm_bf16_kernel(ModConvArgs<float> a, const __nv_bfloat16* __restrict_
 }  // namespace
 
 bool igemm_bf16_supported(int device_index) {
+  // The device must have bf16 tensor cores, and the code loaded for it must have been built for them
+  // (a build with only older targets would run the kernel's __trap branch).
   int major = 0;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device_index) != cudaSuccess) {
+  cudaFuncAttributes attributes{};
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device_index) != cudaSuccess ||
+      cudaFuncGetAttributes(&attributes, modconv_igemm_bf16_kernel) != cudaSuccess) {
     cudaGetLastError();  // clear the error: the caller falls back to cuDNN
     return false;
   }
-  return major >= 8;
+  return major >= 8 && attributes.binaryVersion >= 80;
 }
 
 void modulated_conv2d_igemm_bf16(const ModConvArgs<float>& a, const uint16_t* weight_taps_bf16, float* y,

@@ -149,5 +149,5 @@ def upsample2d(x: torch.Tensor, *, impl: str = "auto") -> torch.Tensor:
     if impl == "reference":
         return reference.upsample2d(x)
     c = x.shape[1]
-    f = reference.fir_filter_2d(x.dtype, x.device) * 4.0
+    f = reference._shared_fir_filter_2d(x.dtype, x.device) * 4.0
     return F.conv_transpose2d(x, f[None, None].expand(c, 1, 4, 4), stride=2, padding=1, groups=c)

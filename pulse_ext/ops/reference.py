@@ -21,10 +21,15 @@ DEMOD_EPS = 1e-8
 _FIR_TAPS = (1.0, 3.0, 3.0, 1.0)
 
 
-@functools.lru_cache(maxsize=None)
 def fir_filter_2d(dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
-    """The normalised 4x4 [1,3,3,1] (x) [1,3,3,1] / 64 filter, shape [4, 4] (one shared tensor per dtype
-    and device: do not modify it; cached because a CUDA graph cannot capture its host-to-device copy)."""
+    """The normalised 4x4 [1,3,3,1] (x) [1,3,3,1] / 64 filter, shape [4, 4] (a new tensor)."""
+    return _shared_fir_filter_2d(dtype, device).clone()
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_fir_filter_2d(dtype: torch.dtype, device) -> torch.Tensor:
+    """fir_filter_2d, one cached tensor per dtype and device, for the ops to read (never modify it): a
+    CUDA graph cannot capture the host-to-device copy that building it takes."""
     taps = torch.tensor(_FIR_TAPS, dtype=dtype, device=device)
     f = torch.outer(taps, taps)
     return f / f.sum()
@@ -57,7 +62,7 @@ def upsample2d(x: torch.Tensor) -> torch.Tensor:
 
     x: [N, C, H, W] -> [N, C, 2H, 2W].
     """
-    f = fir_filter_2d(x.dtype, x.device)
+    f = _shared_fir_filter_2d(x.dtype, x.device)
     # upsample2d pads (fw + up - 1) // 2 = 2 before and (fw - up) // 2 = 1 after, gain up**2 = 4.
     return upfirdn2d(x, f, up=2, pad=(2, 1, 2, 1), gain=4.0)
 
@@ -96,7 +101,7 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
         # conv2d_resample: p0 = padding + (fw + up - 1)//2 - (k - 1), p1 = padding + (fw - up)//2 - (k - up)
         p0 = padding + 2 - (k - 1)
         p1 = padding + 1 - (k - 2)
-        y = upfirdn2d(y, fir_filter_2d(x.dtype, x.device), pad=(p0, p1, p0, p1), gain=4.0)
+        y = upfirdn2d(y, _shared_fir_filter_2d(x.dtype, x.device), pad=(p0, p1, p0, p1), gain=4.0)
     else:
         raise ValueError(f"up must be 1 or 2, got {up}")
     if demodulate:

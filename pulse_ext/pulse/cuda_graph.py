@@ -11,7 +11,8 @@ host synchronisation. PyTorch asks for a few eager iterations on a side stream b
 captured, and the optimiser's state must exist before capture, so after every (re)capture point
 ``warmup_steps`` steps run eagerly; they are search steps like any other. Compaction (rows that
 converged leave the batch) replaces the batch's tensors: the caller then calls ``invalidate()`` and
-the step is captured again.
+the step is captured again; a capture also empties PyTorch's allocator cache, so the search compacts
+less often with a graph (see ``PULSE._run``).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ class GraphedStep:
     """Runs ``step_fn(step, lr_scale, t=None)`` eagerly for the first steps, then as a CUDA graph.
 
     step_fn: the search step (see the module docstring); called with Python numbers eagerly and with
-        0-dim device tensors (step: int64; lr_scale, t: the parameters' dtype) while being captured.
+        0-dim device tensors (step: int64; lr_scale, t: float64) while being captured.
     optimizer: the ``SphericalOptimizer`` the step drives; this class counts its ``num_steps`` for
         replayed steps.
     """
@@ -36,10 +37,12 @@ class GraphedStep:
         self.optimizer = optimizer
         self.device = torch.device(device)
         self.warmup_steps = warmup_steps
-        dtype = optimizer.params[0].dtype
+        # float64 whatever the parameters' dtype: Adam's bias corrections 1 - beta^t then come out as the
+        # eager step's host arithmetic does (in float32, 0.999^t would be off by ~1e-5).
         self.step_index = torch.zeros((), dtype=torch.long, device=self.device)
-        self.lr_scale = torch.zeros((), dtype=dtype, device=self.device)
-        self.t = torch.zeros((), dtype=dtype, device=self.device)
+        self.lr_scale = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.t = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.capture_stream = torch.cuda.Stream(self.device)
         self.graph = None
         self.eager_left = warmup_steps
         self.captures = 0
@@ -51,6 +54,10 @@ class GraphedStep:
         self.eager_left = self.warmup_steps
 
     def __call__(self, step: int, lr_scale: float) -> None:
+        with torch.cuda.device(self.device):  # the capture, its streams and the replay on the search's GPU
+            self._run(step, lr_scale)
+
+    def _run(self, step: int, lr_scale: float) -> None:
         if self.graph is None and self.eager_left > 0:
             self.eager_left -= 1
             current = torch.cuda.current_stream(self.device)
@@ -62,7 +69,7 @@ class GraphedStep:
             return
         if self.graph is None:
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):  # records the kernels; runs none of them
+            with torch.cuda.graph(graph, stream=self.capture_stream):  # records the kernels; runs none
                 self.step_fn(self.step_index, self.lr_scale, self.t)
             self.graph = graph
             self.captures += 1

@@ -86,11 +86,15 @@ def _bicubic_weight(x: float, a: float = -0.5) -> float:
     return 0.0
 
 
-@functools.lru_cache(maxsize=None)
 def bicubic_kernel(factor: int, dtype=torch.float32, device=None) -> torch.Tensor:
-    """The original PULSE's normalised 1-D bicubic (a = -0.5) downscaling kernel, 4 * factor taps (one
-    shared tensor per arguments: do not modify it; cached because a CUDA graph cannot capture its
-    host-to-device copy)."""
+    """The original PULSE's normalised 1-D bicubic (a = -0.5) downscaling kernel, 4 * factor taps."""
+    return _shared_bicubic_kernel(factor, dtype, device).clone()
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_bicubic_kernel(factor: int, dtype, device) -> torch.Tensor:
+    """bicubic_kernel, one cached tensor per arguments, for the loss to read (never modify it): a CUDA
+    graph cannot capture the host-to-device copy that building it takes."""
     size = 4 * factor
     taps = [_bicubic_weight((i - math.floor(size / 2) + 0.5) / factor) for i in range(size)]
     k = torch.tensor(taps, dtype=torch.float64)
@@ -110,7 +114,7 @@ def bicubic_downscale(img: torch.Tensor, factor: int) -> torch.Tensor:
         raise ValueError(f"bicubic_downscale: factor {factor} must divide the image size {h}x{w}")
     if factor == 1:
         return img
-    k = bicubic_kernel(factor, img.dtype, img.device)
+    k = _shared_bicubic_kernel(factor, img.dtype, img.device)
     size = k.numel()
     pad = size - factor
     before, after = pad // 2, pad - pad // 2

@@ -113,8 +113,9 @@ class PULSE:
             combine). Results always describe the full-precision image.
         cuda_graph: on CUDA, capture a search step in a CUDA graph and replay it (one launch instead of
             hundreds of kernel launches per step; see ``pulse_ext.pulse.cuda_graph``). The step is
-            captured again after each compaction (``drop_converged``); the full-resolution refinement of
-            a staged search runs without it. Results equal the eager loop's up to rounding.
+            captured again after each compaction (``drop_converged``; with a graph the batch is compacted
+            only once a quarter of it has converged); the full-resolution refinement of a staged search
+            runs without it. Results equal the eager loop's up to rounding.
     """
 
     def __init__(self, generator, *, loss: str = "100*L2+0.05*GEOCROSS", eps: float = 2e-3, steps: int = 100,
@@ -409,7 +410,10 @@ class PULSE:
             if steps_run % sync_every == 0 or finished:
                 if num_active == 0:
                     break
-                if self.drop_converged and num_active < st.rows.numel():
+                # With a CUDA graph each compaction costs two eager steps and a capture: compact only once a
+                # quarter of the batch has converged (frozen rows are masked, so results are the same).
+                shrink_to = st.rows.numel() if graphed is None else 0.75 * st.rows.numel()
+                if self.drop_converged and num_active < st.rows.numel() and num_active <= shrink_to:
                     flush()
                     keep = st.active.nonzero().squeeze(1)
                     params = opt.keep(keep)

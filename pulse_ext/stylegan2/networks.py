@@ -54,9 +54,8 @@ def _check_impl(impl: str) -> str:
 
 def _fir_filter_buffer() -> torch.Tensor:
     # NVIDIA's setup_filter([1,3,3,1]): outer product normalised to sum 1, always float32. Kept as a
-    # buffer only so checkpoints round-trip; the ops hard-code the same filter. A copy: each layer's
-    # buffer is its own tensor (fir_filter_2d returns one cached tensor).
-    return ops.reference.fir_filter_2d(torch.float32).clone()
+    # buffer only so checkpoints round-trip; the ops hard-code the same filter.
+    return ops.reference.fir_filter_2d(torch.float32)
 
 
 def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
