@@ -90,6 +90,7 @@ def add_arguments(parser):
     from pulse_ext.pulse.optim import LR_SCHEDULES, OPTIMIZERS
     from pulse_ext.pulse.progressive import PRECISIONS
     from pulse_ext.pulse.search import NOISE_TYPES
+    from pulse_ext.upscale import DEFAULT_STEPS
 
     _one_line_error(parser)
     parser.add_argument("inputs", nargs="+", metavar="IN",
@@ -101,7 +102,7 @@ def add_arguments(parser):
                         help="StyleGAN2 checkpoint (.pkl, .pt, .safetensors) or 'default' (the embedded one)")
     parser.add_argument("--restarts", type=_positive_int, default=8, metavar="R",
                         help="random restarts per input, searched as one batch (default %(default)s)")
-    parser.add_argument("--steps", type=_positive_int, default=100,
+    parser.add_argument("--steps", type=_positive_int, default=DEFAULT_STEPS,
                         help="maximum optimisation steps (default %(default)s)")
     parser.add_argument("--eps", type=_nonnegative_float, default=2e-3,
                         help="a restart succeeds when the mean squared error of its downscaled image is below "

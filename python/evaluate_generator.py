@@ -23,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import face_metrics as fm  # noqa: E402
+from pulse_ext.upscale import DEFAULT_STEPS  # noqa: E402
 
 RACES = ("White", "Black", "Asian", "Indian", "Others")
 GENDERS = ("male", "female")
@@ -95,14 +96,15 @@ def balanced_selection(labels: np.ndarray, n: int, seed: int) -> list:
     return chosen
 
 
-def run_pulse(G, faces: np.ndarray, factor: int, seed: int, restarts: int, batch: int, log):
-    """PULSE at upscale()'s defaults on each face's area-downscaled input; per-face restart seeds."""
+def run_pulse(G, faces: np.ndarray, factor: int, seed: int, restarts: int, steps: int, batch: int, log):
+    """PULSE at upscale()'s defaults (``steps`` given) on each face's area-downscaled input; per-face
+    restart seeds."""
     import torch
     from pulse_ext.pulse import PULSE
     from pulse_ext.pulse.latent import restart_seed
 
     small = fm.area_downscale(faces, factor)
-    searcher = PULSE(G)  # upscale() defaults: 100*L2+0.05*GEOCROSS, eps 2e-3, 100 steps, area downscale
+    searcher = PULSE(G, steps=steps)  # upscale() defaults: 100*L2+0.05*GEOCROSS, eps 2e-3, area downscale
     best_l2, converged, outputs, steps = [], [], [], []
     start = time.perf_counter()
     for b0 in range(0, len(faces), batch):
@@ -187,7 +189,7 @@ def markdown_summary(m: dict) -> str:
     if p:
         lines += [f"**PULSE on {p['n']} held-out faces** (balanced over race × gender; 64 → {p['input_size']}×"
                   f"{p['input_size']} area-downscaled input, uint8; `upscale()` defaults: {p['restarts']} restarts, "
-                  f"100 steps, eps = {p['eps']}; a face meets eps when any restart reaches L2 < eps):",
+                  f"{p.get('steps', 100)} steps, eps = {p['eps']}; a face meets eps when any restart reaches L2 < eps):",
                   "",
                   "| group | n | meets eps | fraction | mean best L2 |",
                   "|---|---|---|---|---|"]
@@ -244,6 +246,7 @@ def main(argv=None):
     ap.add_argument("--n-grid", type=int, default=16, help="faces shown in pulse-grid.png")
     ap.add_argument("--input-size", type=int, default=16)
     ap.add_argument("--restarts", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="PULSE steps (default: upscale()'s, %(default)s)")
     ap.add_argument("--pulse-batch", type=int, default=8, help="faces per PULSE batch")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kimg", type=float, default=None, help="training kimg of the snapshot (default: <stem>.json)")
@@ -303,9 +306,10 @@ def main(argv=None):
         factor = G.img_resolution // args.input_size
         selection = balanced_selection(labels, args.n_pulse, args.seed)
         faces = heldout[selection]
-        small, outputs, best_l2, converged, timing = run_pulse(G, faces, factor, args.seed, args.restarts,
+        small, outputs, best_l2, converged, timing = run_pulse(G, faces, factor, args.seed, args.restarts, args.steps,
                                                                args.pulse_batch, log)
-        pulse = {"n": len(selection), "input_size": args.input_size, "restarts": args.restarts, "eps": 2e-3,
+        pulse = {"n": len(selection), "input_size": args.input_size, "restarts": args.restarts, "steps": args.steps,
+                 "eps": 2e-3,
                  "selection": [str(data["heldout_names"][i]) for i in selection],
                  "best_l2": best_l2.tolist(), "converged": converged.tolist(), "timing": timing,
                  "groups": group_table(selection, labels, converged, best_l2)}
