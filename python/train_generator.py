@@ -58,7 +58,7 @@ DEFAULT_CFG = dict(
 # Data
 
 def load_train_images(path: str) -> torch.Tensor:
-    """uint8 [N, 3, R, R] from a prepare_faces.py output (faces.npz or jpg/train/) or an .npz/.npy."""
+    """uint8 [N, 3, R, R] from a prepare_faces.py output (its faces.npz, or its --carry file) or an .npz/.npy."""
     if path.endswith(".npy"):
         arr = np.load(path)
     else:
@@ -528,7 +528,7 @@ def export_parts(sd: dict, out_dir: str, max_mib: float = 15.0):
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", help="prepare_faces.py output dir (faces.npz or jpg/train/)")
+    ap.add_argument("--data", help="prepare_faces.py output dir (its faces.npz), or its carry-train.npz")
     ap.add_argument("--out", required=True, help="checkpoint directory")
     ap.add_argument("--kimg", type=float, default=25000, help="total training length in kimg")
     ap.add_argument("--minutes", type=float, default=0, help="stop cleanly (and checkpoint) before this many minutes")
