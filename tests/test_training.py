@@ -190,3 +190,30 @@ def test_threads_auto_follows_the_free_cores(tmp_path, monkeypatch, capsys):
         torch.set_num_threads(threads)
     with pytest.raises(SystemExit):
         tg.parse_args(["--out", str(tmp_path), "--threads", "many"])
+
+
+def test_carry_file_round_trips_the_faces_and_loads_like_the_npz(tmp_path):
+    """prepare_faces --carry: the train split as WebP in one .npz, decoded by load_faces (and so by the
+    trainer's --data) in order, to within WebP quality 90's error; smooth faces stay close."""
+    from PIL import Image
+    from prepare_faces import load_faces, write_carry_file
+
+    yy, xx = np.mgrid[0:32, 0:32]
+    faces = [np.stack([(xx * 8 + k * 20) % 256, (yy * 8) % 256, np.full_like(xx, 40 * k)], -1).astype(np.uint8)
+             for k in range(5)]
+    path = str(tmp_path / "carry-train.npz")
+    write_carry_file([(f"{20 + k}_0_1_2017.jpg.chip.jpg", f) for k, f in enumerate(faces)], path)
+    loaded = load_faces(path)
+    assert loaded.shape == (5, 32, 32, 3) and loaded.dtype == np.uint8
+    for k in range(5):
+        assert np.abs(loaded[k].astype(int) - faces[k]).mean() < 6
+    assert torch.equal(tg.load_train_images(path), torch.from_numpy(loaded).permute(0, 3, 1, 2))
+    # A plain folder of images loads in name order.
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for k in (1, 0):
+        Image.fromarray(faces[k]).save(folder / f"{k}.png")
+    assert np.array_equal(load_faces(str(folder)), np.stack(faces[:2]))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no faces.npz or images in"):
+        load_faces(str(tmp_path / "empty"))
