@@ -91,3 +91,14 @@ def test_profile_step_writes_its_table(bench, tmp_path):
         torch.set_num_threads(threads)
     text = out.read_text()
     assert "pulse_ext::modulated_conv2d" in text and "s per step" in text
+
+
+def test_gpu_check_refuses_an_unknown_step_before_doing_anything(tmp_path):
+    """gpu_check.sh STEP...: a misspelt step name stops it at once (exit 2, the known names listed),
+    before it builds anything or spends device time."""
+    import subprocess
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "gpu_check.sh")
+    proc = subprocess.run(["bash", script, "tests", "sanitiser"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "unknown step 'sanitiser'" in proc.stderr and "sanitizer" in proc.stderr
