@@ -21,6 +21,12 @@ from typing import Callable
 import torch
 
 
+def check_device(device) -> None:
+    """cuda_graph=True needs the search on a CUDA device: say so before the search starts."""
+    if torch.device(device).type != "cuda":
+        raise ValueError(f"cuda_graph=True needs a generator on a CUDA device, got one on {device}")
+
+
 class GraphedStep:
     """Runs ``step_fn(step, lr_scale, t=None)`` eagerly for the first steps, then as a CUDA graph.
 
@@ -28,6 +34,8 @@ class GraphedStep:
         0-dim device tensors (step: int64; lr_scale, t: float64) while being captured.
     optimizer: the ``SphericalOptimizer`` the step drives; this class counts its ``num_steps`` for
         replayed steps.
+    The CUDA work is in ``_eager``, ``_capture`` and ``_replay``; the rest (when to warm up, capture
+    and replay, and the values a replay is given) is device-independent.
     """
 
     def __init__(self, step_fn: Callable, optimizer, device: torch.device, warmup_steps: int = 2):
@@ -42,7 +50,7 @@ class GraphedStep:
         self.step_index = torch.zeros((), dtype=torch.long, device=self.device)
         self.lr_scale = torch.zeros((), dtype=torch.float64, device=self.device)
         self.t = torch.zeros((), dtype=torch.float64, device=self.device)
-        self.capture_stream = torch.cuda.Stream(self.device)
+        self.capture_stream = None
         self.graph = None
         self.eager_left = warmup_steps
         self.captures = 0
@@ -54,28 +62,40 @@ class GraphedStep:
         self.eager_left = self.warmup_steps
 
     def __call__(self, step: int, lr_scale: float) -> None:
-        with torch.cuda.device(self.device):  # the capture, its streams and the replay on the search's GPU
-            self._run(step, lr_scale)
-
-    def _run(self, step: int, lr_scale: float) -> None:
         if self.graph is None and self.eager_left > 0:
             self.eager_left -= 1
+            self._eager(step, lr_scale)
+            return
+        if self.graph is None:
+            self.graph = self._capture()
+            self.captures += 1
+        self.optimizer.num_steps += 1
+        self.step_index.fill_(step)
+        self.lr_scale.fill_(lr_scale)
+        self.t.fill_(self.optimizer.num_steps)
+        self._replay()
+        self.replays += 1
+
+    def _eager(self, step: int, lr_scale: float) -> None:
+        """One step as it is, on a side stream (PyTorch's warm-up before capturing autograd)."""
+        with torch.cuda.device(self.device):
             current = torch.cuda.current_stream(self.device)
             side = torch.cuda.Stream(self.device)
             side.wait_stream(current)
             with torch.cuda.stream(side):
                 self.step_fn(step, lr_scale)
             current.wait_stream(side)
-            return
-        if self.graph is None:
+
+    def _capture(self):
+        """Records the step, with the 0-dim tensors as its arguments; runs none of its kernels."""
+        with torch.cuda.device(self.device):
+            if self.capture_stream is None:
+                self.capture_stream = torch.cuda.Stream(self.device)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=self.capture_stream):  # records the kernels; runs none
+            with torch.cuda.graph(graph, stream=self.capture_stream):
                 self.step_fn(self.step_index, self.lr_scale, self.t)
-            self.graph = graph
-            self.captures += 1
-        self.optimizer.num_steps += 1
-        self.step_index.fill_(step)
-        self.lr_scale.fill_(lr_scale)
-        self.t.fill_(self.optimizer.num_steps)
-        self.graph.replay()
-        self.replays += 1
+        return graph
+
+    def _replay(self) -> None:
+        with torch.cuda.device(self.device):
+            self.graph.replay()

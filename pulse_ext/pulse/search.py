@@ -269,8 +269,9 @@ class PULSE:
         n = num_images * num_restarts
         if int(callback_every) < 1:
             raise ValueError(f"callback_every must be >= 1, got {callback_every}")
-        if self.cuda_graph and device.type != "cuda":
-            raise ValueError(f"cuda_graph=True needs a generator on a CUDA device, got one on {device}")
+        if self.cuda_graph:
+            from pulse_ext.pulse import cuda_graph as graphs
+            graphs.check_device(device)
         target = target.to(device=device, dtype=dtype)
 
         t0 = time.perf_counter()
@@ -381,8 +382,8 @@ class PULSE:
 
         graphed = None
         if cuda_graph:
-            from pulse_ext.pulse.cuda_graph import GraphedStep
-            graphed = GraphedStep(one_step, opt, device)
+            from pulse_ext.pulse import cuda_graph as graphs
+            graphed = graphs.GraphedStep(one_step, opt, device)
 
         bar = None
         if progress:
