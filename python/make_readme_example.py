@@ -3,7 +3,7 @@
     python python/make_readme_example.py [--generator default] [--seed 0] [--out docs/figures/readme-example.png]
 
 One row: the input (nearest-neighbour enlarged to the output size, as a viewer would show it), then
-four distinct PULSE outputs (default settings: 8 restarts, 100 steps), each with its downscale L2.
+four distinct PULSE outputs (upscale()'s defaults: 8 restarts, up to 200 steps), each with its downscale L2.
 """
 from __future__ import annotations
 
