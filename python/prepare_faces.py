@@ -29,6 +29,7 @@ import os
 import sys
 import tarfile
 import time
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -124,7 +125,7 @@ def load_faces(path: str, split: str = "train") -> np.ndarray:
             arr = [decode_image(blob[a:b].tobytes()) for a, b in zip(offsets[:-1], offsets[1:])]
     else:
         names = sorted(fn for fn in os.listdir(path) if fn.lower().endswith(IMAGE_EXTENSIONS))
-        arr = [decode_image(open(os.path.join(path, fn), "rb").read()) for fn in names]
+        arr = [decode_image(Path(path, fn).read_bytes()) for fn in names]
     if not arr:
         raise FileNotFoundError(f"no faces.npz or images in {path}")
     return np.stack(arr)
