@@ -41,7 +41,7 @@ sys.path.insert(0, HERE)
 import torch  # noqa: E402
 
 import flops  # noqa: E402
-from common import machine_info, synchronize, write_results  # noqa: E402
+from common import synchronize, write_results  # noqa: E402
 
 CONFIG_F = dict(channel_base=32768, channel_max=512, w_dim=512, z_dim=512)
 CONFIGS = {64: dict(channel_base=2048, channel_max=128, w_dim=256, z_dim=256), 256: CONFIG_F, 1024: CONFIG_F}

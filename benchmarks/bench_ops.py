@@ -11,7 +11,6 @@ arithmetic of the op.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 

@@ -29,15 +29,13 @@ import os
 import secrets
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 
-from pulse_ext.pulse.batching import (OOM_ERRORS, merge_results, probe_row_bytes, row_bytes_for,  # noqa: F401
-                                      rows_that_fit, search_split)
+from pulse_ext.pulse.batching import row_bytes_for, rows_that_fit, search_split
 
 MANIFEST = "manifest.jsonl"
 RANK_MANIFEST = "manifest.rank{rank}.jsonl"

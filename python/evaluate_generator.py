@@ -231,8 +231,8 @@ def markdown_summary(m: dict) -> str:
                       f"the floor at this N: {f['pulse_floor_fd']:.3f}); KID×10³ {f['pulse_kid'] * 1e3:.2f} "
                       f"(floor {f['pulse_floor_kid'] * 1e3:.2f}).",
                       "",
-                      f"For reference, the data README's real-vs-real FD-dlib floor is 0.0375 / 0.0187 / 0.0093 / 0.0048 "
-                      f"at N = 250 / 500 / 1,000 / 2,000."]
+                      "For reference, the data README's real-vs-real FD-dlib floor is 0.0375 / 0.0187 / 0.0093 / 0.0048 "
+                      "at N = 250 / 500 / 1,000 / 2,000."]
     return "\n".join(lines) + "\n"
 
 

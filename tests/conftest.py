@@ -55,3 +55,22 @@ def tiny_search_generator(resolution=16, seed=0, dtype=torch.float32):
             if hasattr(module, "noise_strength"):
                 module.noise_strength.fill_(0.1)
     return G.to(dtype)
+
+
+def reachable_targets(G, count=1, seed=5, factor=4):
+    """Inputs PULSE can match exactly: ``count`` samples of G (z drawn from one generator seeded
+    ``seed``, constant noise) mapped to [0, 1] and area-downscaled by ``factor``.
+    Returns [count, 3, R/factor, R/factor] float32 on the CPU."""
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        z = torch.randn(count, G.z_dim, generator=torch.Generator().manual_seed(seed))
+        img = ((G(z, noise_mode="const") + 1) / 2).clamp(0, 1)
+    return F.avg_pool2d(img, factor)
+
+
+def save_png(image, path):
+    """Write a [3, H, W] tensor in [0, 1] as an 8-bit RGB PNG."""
+    from PIL import Image
+
+    Image.fromarray((image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()).save(path)

@@ -9,13 +9,12 @@ import time
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from pulse_ext.checkpoints import save_generator
 from pulse_ext.cli import main
 from pulse_ext.cli_upscale import atomic_write, nearest_valid_size, read_image
-from conftest import tiny_search_generator
+from conftest import reachable_targets, save_png, tiny_search_generator
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,13 +27,10 @@ def files(tmp_path_factory):
     """A saved 16-px generator and a 4x4 PNG made by area-downscaling one of its samples."""
     folder = tmp_path_factory.mktemp("upscale")
     G = tiny_search_generator()
-    with torch.no_grad():
-        z = torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(5))
-        small = F.avg_pool2d(((G(z, noise_mode="const") + 1) / 2).clamp(0, 1), 4)[0]
     generator = str(folder / "g.safetensors")
     save_generator(G, generator)
     face = str(folder / "face.png")
-    Image.fromarray((small * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()).save(face)
+    save_png(reachable_targets(G, 1)[0], face)
     return {"generator": generator, "face": face}
 
 

@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
+from conftest import reachable_targets, save_png
 from pulse_ext.checkpoints import save_generator
 from pulse_ext.stylegan2 import Generator
 
@@ -29,10 +29,7 @@ def test_two_process_gloo_run_equals_single_process(tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
     for i in range(5):
-        z = torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(i))
-        with torch.no_grad():
-            small = F.avg_pool2d(((G(z, noise_mode="const") + 1) / 2).clamp(0, 1), 4)[0]
-        Image.fromarray((small * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()).save(inputs / f"face{i}.png")
+        save_png(reachable_targets(G, 1, seed=i)[0], inputs / f"face{i}.png")
     (inputs / "broken.png").write_bytes(b"not an image")
 
     common = ["upscale", str(inputs), "--generator", generator, "--steps", "8", "--restarts", "2", "--seed", "3",

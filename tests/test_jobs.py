@@ -10,10 +10,10 @@ import time
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from pulse_ext import jobs
+from conftest import reachable_targets, save_png
 from pulse_ext.checkpoints import save_generator
 from pulse_ext.cli import UsageError, main
 from pulse_ext.cli_upscale import read_image
@@ -34,10 +34,7 @@ def tiny_generator():
 def make_faces(G, folder, count):
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
-        z = torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(i))
-        with torch.no_grad():
-            small = F.avg_pool2d(((G(z, noise_mode="const") + 1) / 2).clamp(0, 1), 4)[0]
-        Image.fromarray((small * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()).save(folder / f"face{i}.png")
+        save_png(reachable_targets(G, 1, seed=i)[0], folder / f"face{i}.png")
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +226,7 @@ def test_cpu_rows_are_capped_from_the_estimate_and_the_available_memory(monkeypa
     from pulse_ext.pulse import batching
 
     G = tiny_generator()
-    assert jobs.probe_row_bytes(None, (3, 4, 4), "cpu") is None  # measuring is for CUDA
+    assert batching.probe_row_bytes(None, (3, 4, 4), "cpu") is None  # measuring is for CUDA
     # one sample's synthesis-layer outputs: 32 channels at 4, 8, 8, 16, 16 px (fp32)
     assert batching.activation_bytes(G) == 32 * (4 ** 2 + 2 * 8 ** 2 + 2 * 16 ** 2) * 4
     assert batching.cpu_row_bytes(G) == 5 * batching.activation_bytes(G)

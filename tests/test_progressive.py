@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from pulse_ext.pulse import PULSE
 from pulse_ext.pulse.progressive import check_search_resolution, truncated_synthesis
 
-from conftest import tiny_search_generator
+from conftest import reachable_targets, tiny_search_generator
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -20,10 +20,7 @@ def G():
 
 @pytest.fixture(scope="module")
 def target(G):
-    with torch.no_grad():
-        z = torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(5))
-        img = ((G(z, noise_mode="const") + 1) / 2).clamp(0, 1)
-    return F.avg_pool2d(img, 4)
+    return reachable_targets(G, 1)
 
 
 def test_truncated_synthesis_at_full_resolution_is_the_network(G):

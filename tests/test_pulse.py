@@ -14,7 +14,7 @@ from pulse_ext.pulse.latent import latent_stats_records, load_latent_stats_recor
 from pulse_ext.pulse import cuda_graph
 from pulse_ext.pulse.losses import LossTerm
 
-from conftest import CUDA_SKIP_REASON, tiny_search_generator
+from conftest import CUDA_SKIP_REASON, reachable_targets, tiny_search_generator
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,10 +28,7 @@ def G():
 @pytest.fixture(scope="module")
 def targets(G):
     """Two 4x4 targets the generator can produce: area-downscaled samples."""
-    with torch.no_grad():
-        z = torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(5))
-        img = ((G(z, noise_mode="const") + 1) / 2).clamp(0, 1)
-    return F.avg_pool2d(img, 4)
+    return reachable_targets(G, 2)
 
 
 # ---------------------------------------------------------------- loss string

@@ -11,7 +11,6 @@ given an error it could catch, ``cpu_row_bytes`` estimates it from the generator
 """
 from __future__ import annotations
 
-import os
 from typing import Callable, List, Optional
 
 import torch

@@ -29,7 +29,6 @@ low-frequency part too): the full-resolution check and refinement are what make 
 """
 from __future__ import annotations
 
-import time
 from typing import Optional
 
 import torch
