@@ -2,8 +2,9 @@
 
     python python/make_readme_example.py [--generator default] [--seed 0] [--out docs/figures/readme-example.png]
 
-One row: the input (nearest-neighbour enlarged to the output size, as a viewer would show it), then
-four distinct PULSE outputs (upscale()'s defaults: 8 restarts, up to 200 steps), each with its downscale L2.
+One row: the input (nearest-neighbour enlarged to the output size, as a viewer would show it), the
+original it was downscaled from (never seen by the search; --original none leaves it out), then four
+distinct PULSE outputs (upscale()'s defaults: 8 restarts, up to 200 steps), each with its downscale L2.
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", default=os.path.join(ROOT, "examples", "astronaut16.png"))
+    parser.add_argument("--original", default=os.path.join(ROOT, "examples", "astronaut64.png"),
+                        help="the high-resolution face the input was made from, or 'none'")
     parser.add_argument("--generator", default="default")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=int, default=2, help="enlarge the whole figure by this factor")
@@ -28,8 +31,14 @@ def main(argv=None) -> None:
     low_res = Image.open(args.input).convert("RGB")
     result = pulse_ext.upscale(low_res, generator=args.generator, num_outputs=4, seed=args.seed, return_result=True)
     size = result.candidates[0].size[0]
-    tiles = [low_res.resize((size, size), Image.NEAREST)] + list(result.candidates)
-    labels = ["input 16x16"] + [f"L2 {l2:.4f}" + (" *" if ok else "") for l2, ok in zip(result.l2, result.converged)]
+    tiles = [low_res.resize((size, size), Image.NEAREST)]
+    labels = [f"input {low_res.size[0]}x{low_res.size[1]}"]
+    if args.original != "none":
+        original = Image.open(args.original).convert("RGB")
+        tiles.append(original.resize((size, size), Image.LANCZOS))
+        labels.append("original")
+    tiles += list(result.candidates)
+    labels += [f"L2 {l2:.4f}" + (" *" if ok else "") for l2, ok in zip(result.l2, result.converged)]
     cell = size * args.scale
     figure = Image.new("RGB", (cell * len(tiles), cell + 14), "white")
     draw = ImageDraw.Draw(figure)

@@ -184,6 +184,23 @@ def test_astronaut_one_face_with_eyes_where_utkface_has_them():
 
 
 @requires_dlib
+def test_the_readme_example_is_the_aligned_astronaut():
+    """examples/astronaut16.png and astronaut64.png are what examples/README.md's `pulse-ext align`
+    command makes of the photo: framed like the default generator's training data."""
+    aligner = align.FaceAligner()
+    image = Image.open(_astronaut())
+    examples = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+    for size in (16, 64):
+        (face,) = aligner.align(image, size)
+        with Image.open(os.path.join(examples, f"astronaut{size}.png")) as shipped:
+            expected = np.asarray(shipped.convert("RGB"), dtype=np.int16)
+        made = np.asarray(face.low, dtype=np.int16)
+        assert made.shape == expected.shape == (size, size, 3)
+        # a few uint8 levels of slack for other dlib / Pillow builds
+        assert np.abs(made - expected).max() <= 8 and np.abs(made - expected).mean() <= 1.0
+
+
+@requires_dlib
 def test_no_face_is_per_image(tmp_path, capsys):
     blank = tmp_path / "blank.png"
     Image.new("RGB", (64, 64), (128, 128, 128)).save(blank)
