@@ -245,8 +245,9 @@ def upscale(image, *, generator=None, restarts: int = 8, steps: int = DEFAULT_ST
     l2 = [float(result.l2[0, r]) for r in picked]
     if not any(result.converged[0].tolist()):
         warnings.warn(f"PULSE: no restart of {restarts} reached L2 < eps={eps} in {steps} steps (best L2 "
-                      f"{min(l2):.3g}); returning the lowest-loss image(s). More restarts or steps, or a larger "
-                      f"eps, may help.", PulseConvergenceWarning, stacklevel=2)
+                      f"{min(l2):.3g}); returning the lowest-loss image(s). More restarts or steps, a larger eps, "
+                      f"or a face cropped like the generator's training data (pulse-ext align) may help.",
+                      PulseConvergenceWarning, stacklevel=2)
     elif not all(converged):
         warnings.warn(f"PULSE: only {sum(result.converged[0].tolist())} of {restarts} restarts reached L2 < eps={eps}; "
                       f"{converged.count(False)} of the {num_outputs} outputs did not converge",
