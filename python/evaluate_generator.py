@@ -255,6 +255,9 @@ def main(argv=None):
     ap.add_argument("--palette", action="store_true", help="write the PNGs with a 256-colour palette (smaller)")
     ap.add_argument("--summary-only", metavar="METRICS_JSON", help="only re-render the summary (and --doc) from a metrics.json")
     ap.add_argument("--no-dlib", action="store_true", help="skip everything that needs dlib")
+    ap.add_argument("--embedding-cache", default=None, metavar="DIR",
+                    help="reuse the dlib embeddings of real faces from here (default: DATA/embedding-cache; "
+                         "'' turns the cache off)")
     args = ap.parse_args(argv)
 
     def log(msg):
@@ -290,6 +293,8 @@ def main(argv=None):
     if dlib_reason:
         log(f"FD-dlib / KID and the dlib identity check are skipped: {dlib_reason}")
     embedder = None if dlib_reason else fm.DlibEmbedder()
+    # Real faces (and their bicubic enlargements) are the same in every evaluation with the same seed.
+    cache = os.path.join(args.data, "embedding-cache") if args.embedding_cache is None else args.embedding_cache
 
     metrics = {"snapshot": snapshot, "date": datetime.date.today().isoformat(),
                "hardware": f"CPU, {args.threads} thread(s)" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
@@ -328,9 +333,9 @@ def main(argv=None):
         if embedder is not None:
             from PIL import Image
             bicubic = np.stack([np.asarray(Image.fromarray(s).resize(faces.shape[2:0:-1], Image.BICUBIC)) for s in small])
-            f_orig, d_orig = embedder.embed(faces, "dlib originals")
+            f_orig, d_orig = embedder.embed(faces, "dlib originals", cache)
             f_out, d_out = embedder.embed(np.ascontiguousarray(outputs[:, 0]), "dlib PULSE")
-            f_bic, d_bic = embedder.embed(bicubic, "dlib bicubic")
+            f_bic, d_bic = embedder.embed(bicubic, "dlib bicubic", cache)
             dist_out = np.linalg.norm(f_out - f_orig, axis=1)
             dist_bic = np.linalg.norm(f_bic - f_orig, axis=1)
             pulse["dlib"] = {"pulse_distance_mean": float(dist_out.mean()), "pulse_same_person": float((dist_out < 0.6).mean()),
@@ -353,8 +358,8 @@ def main(argv=None):
             from PIL import Image
             fake = np.stack([np.asarray(Image.fromarray(f).resize(real.shape[2:0:-1], Image.BICUBIC)) for f in fake])
         log(f"embedding 3 x {n} images with dlib (~0.1 s each on one core)")
-        f_real, d_real = embedder.embed(real, "dlib held-out")
-        f_train, d_train = embedder.embed(train, "dlib train")
+        f_real, d_real = embedder.embed(real, "dlib held-out", cache)
+        f_train, d_train = embedder.embed(train, "dlib train", cache)
         f_fake, d_fake = embedder.embed(fake, "dlib samples")
         subset = min(1000, n)
         kid_g = fm.kid(f_fake, f_real, subset_size=subset)

@@ -124,3 +124,37 @@ def test_save_png_round_trip(tmp_path):
 def test_dlib_missing_reason_is_none_or_names_the_install_command():
     reason = fm.dlib_missing_reason()
     assert reason is None or "pip install dlib-bin" in reason
+
+
+def test_embedding_cache_reuses_only_identical_image_sets(tmp_path):
+    """DlibEmbedder.embed(..., cache_dir): same images and dlib version -> no re-embedding; a changed
+    pixel or another dlib version -> embedded again. embed_one is replaced (no dlib needed)."""
+    from types import SimpleNamespace
+
+    embedder = object.__new__(fm.DlibEmbedder)
+    embedder._dlib = SimpleNamespace(__version__="test-1")
+    calls = []
+
+    def embed_one(image):
+        calls.append(1)
+        return np.full(128, float(image.sum())), bool(image[0, 0, 0] % 2)
+
+    embedder.embed_one = embed_one
+    images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    features, detected = embedder.embed(images, cache_dir=str(tmp_path))
+    assert len(calls) == 5
+    again, again_detected = embedder.embed(images.copy(), cache_dir=str(tmp_path))
+    assert len(calls) == 5
+    np.testing.assert_array_equal(again, features)
+    np.testing.assert_array_equal(again_detected, detected)
+    assert [p.name.startswith("dlib-") and p.suffix == ".npz" for p in tmp_path.iterdir()] == [True]
+
+    changed = images.copy()
+    changed[3, 2, 2, 1] ^= 1
+    embedder.embed(changed, cache_dir=str(tmp_path))
+    assert len(calls) == 10
+    embedder._dlib = SimpleNamespace(__version__="test-2")
+    embedder.embed(images, cache_dir=str(tmp_path))
+    assert len(calls) == 15
+    embedder.embed(images)  # no cache_dir: always embedded
+    assert len(calls) == 20 and len(list(tmp_path.iterdir())) == 3
