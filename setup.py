@@ -7,6 +7,7 @@ extension is compiled against the torch you run (an isolated build may pick anot
 import glob
 import os
 import shutil
+import sys
 
 from setuptools import find_packages, setup
 
@@ -35,16 +36,19 @@ def extension():
         return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
-    cxx_flags = ["-O3", "-fopenmp"]  # the C++ standard is whatever this torch requires
+    # at::parallel_for in our kernels runs on OpenMP threads only when compiled with it. Apple clang has
+    # no -fopenmp (it rejects the flag), so on macOS the kernels build without it and run serially.
+    openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
+    cxx_flags = ["-O3", *openmp]  # the C++ standard is whatever this torch requires
     if want_cuda():
         return CUDAExtension(
             "pulse_ext._C",
             sources + rel("csrc/cuda/*.cu"),
             define_macros=[("PULSE_EXT_WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=openmp,
         )
-    return CppExtension("pulse_ext._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"])
+    return CppExtension("pulse_ext._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=openmp)
 
 
 setup(
