@@ -460,8 +460,10 @@ def _run_ranked(args, out, inputs, aligner, dist, started):
             writer.append(record)
             if not record["converged"]:
                 unconverged.append(item.name)
+                hint = ("" if aligner is not None else
+                        "; if the face is framed unlike the generator's training data, --align may help")
                 warn(f"{item.path}: no restart met eps={args.eps} (best L2 "
-                     f"{min(f['l2'] for f in faces):.3g}); the best was written")
+                     f"{min(f['l2'] for f in faces):.3g}); the best was written{hint}")
             l2_text = ", ".join(f"{f['l2']:.3g}" for f in faces)
             say(f"wrote {', '.join(outputs)} (L2 {l2_text}, {share:.1f}s)")
 

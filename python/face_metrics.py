@@ -18,6 +18,9 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import sys
+import tempfile
+import zipfile
 from typing import Optional, Tuple
 
 import numpy as np
@@ -175,10 +178,14 @@ def dlib_missing_reason() -> Optional[str]:
     return None
 
 
-def embedding_key(images: np.ndarray, dlib_version: str) -> str:
-    """A hash naming one set of images embedded by this module's recipe with one dlib version."""
+# Part of the cache key: change it whenever embed_one's recipe changes, so older cache files are not reused.
+EMBED_RECIPE = f"resize{EMBED_SIZE}-bicubic|hog0|fallback{MEAN_UTKFACE_BOX}|landmarks5|chip150/0.25|resnet_v1"
+
+
+def embedding_key(images: np.ndarray, versions: str) -> str:
+    """A hash naming one set of images embedded by EMBED_RECIPE with these library/model versions."""
     h = hashlib.sha256()
-    h.update(f"{images.dtype}|{images.shape}|{EMBED_SIZE}|{MEAN_UTKFACE_BOX}|chip150/0.25|{dlib_version}|".encode())
+    h.update(f"{images.dtype}|{images.shape}|{EMBED_RECIPE}|{versions}|".encode())
     h.update(np.ascontiguousarray(images).tobytes())
     return h.hexdigest()[:24]
 
@@ -198,6 +205,11 @@ class DlibEmbedder:
         self.shape_predictor = dlib.shape_predictor(os.path.join(models, "shape_predictor_5_face_landmarks.dat"))
         self.encoder = dlib.face_recognition_model_v1(os.path.join(models, "dlib_face_recognition_resnet_model_v1.dat"))
         self.fallback_box = dlib.rectangle(*MEAN_UTKFACE_BOX)
+        import PIL
+
+        sizes = [os.path.getsize(os.path.join(models, name)) for name in
+                 ("shape_predictor_5_face_landmarks.dat", "dlib_face_recognition_resnet_model_v1.dat")]
+        self.versions = f"dlib {dlib.__version__}|Pillow {PIL.__version__}|models {sizes}"
 
     def embed_one(self, image: np.ndarray) -> Tuple[np.ndarray, bool]:
         """uint8 HxWx3 RGB -> (descriptor [128] float64, whether the HOG detector found a face)."""
@@ -229,10 +241,10 @@ class DlibEmbedder:
         images = np.ascontiguousarray(images)
         path = None
         if cache_dir:
-            path = os.path.join(cache_dir, f"dlib-{embedding_key(images, self._dlib.__version__)}.npz")
-            if os.path.isfile(path):
-                with np.load(path) as cached:
-                    return cached["features"], cached["detected"]
+            path = os.path.join(cache_dir, f"dlib-{embedding_key(images, self.versions)}.npz")
+            cached = _read_cached_embeddings(path, len(images))
+            if cached is not None:
+                return cached
         features, detected = [], []
         iterator = images
         if progress:
@@ -247,8 +259,43 @@ class DlibEmbedder:
             detected.append(ok)
         features, detected = np.stack(features), np.asarray(detected, bool)
         if path:
-            os.makedirs(cache_dir, exist_ok=True)
-            partial = f"{path}.{os.getpid()}.partial.npz"
-            np.savez(partial, features=features, detected=detected)
-            os.replace(partial, path)  # a reader never sees a half-written file
+            _write_cached_embeddings(path, features, detected)
         return features, detected
+
+
+def _read_cached_embeddings(path: str, n: int) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """(features [n, 128], detected [n]) from a cache file, or None when it is missing or unusable
+    (an unreadable or malformed file is removed, so it is rebuilt)."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with np.load(path) as cached:
+            features, detected = cached["features"], cached["detected"]
+        if features.shape == (n, 128) and detected.shape == (n,) and detected.dtype == bool:
+            return features, detected
+        problem = f"shapes {features.shape} / {detected.shape}"
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        problem = f"{type(e).__name__}: {e}"
+    print(f"embedding cache: ignoring {path} ({problem}); embedding again", file=sys.stderr)
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+    return None
+
+
+def _write_cached_embeddings(path: str, features: np.ndarray, detected: np.ndarray) -> None:
+    """Atomically write a cache file; a failure (read-only folder, full disk) only costs the cache."""
+    partial = None
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, partial = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".partial.npz")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, features=features, detected=detected)
+        os.replace(partial, path)  # a reader never sees a half-written file
+        partial = None
+    except OSError as e:
+        print(f"embedding cache: could not write {path} ({e}); continuing without it", file=sys.stderr)
+    finally:
+        if partial is not None and os.path.exists(partial):
+            os.remove(partial)

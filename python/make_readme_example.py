@@ -21,13 +21,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", default=os.path.join(ROOT, "examples", "astronaut16.png"))
-    parser.add_argument("--original", default=os.path.join(ROOT, "examples", "astronaut64.png"),
-                        help="the high-resolution face the input was made from, or 'none'")
+    parser.add_argument("--original", default=None,
+                        help="the high-resolution face the input was made from, or 'none' (default: "
+                             "examples/astronaut64.png for the default input, else none)")
     parser.add_argument("--generator", default="default")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=int, default=2, help="enlarge the whole figure by this factor")
     parser.add_argument("--out", default=os.path.join(ROOT, "docs", "figures", "readme-example.png"))
     args = parser.parse_args(argv)
+    if args.original is None:
+        default_input = os.path.join(ROOT, "examples", "astronaut16.png")
+        same = os.path.abspath(args.input) == os.path.abspath(default_input)
+        args.original = os.path.join(ROOT, "examples", "astronaut64.png") if same else "none"
     low_res = Image.open(args.input).convert("RGB")
     result = pulse_ext.upscale(low_res, generator=args.generator, num_outputs=4, seed=args.seed, return_result=True)
     size = result.candidates[0].size[0]

@@ -126,25 +126,32 @@ def test_dlib_missing_reason_is_none_or_names_the_install_command():
     assert reason is None or "pip install dlib-bin" in reason
 
 
-def test_embedding_cache_reuses_only_identical_image_sets(tmp_path):
-    """DlibEmbedder.embed(..., cache_dir): same images and dlib version -> no re-embedding; a changed
-    pixel or another dlib version -> embedded again. embed_one is replaced (no dlib needed)."""
-    from types import SimpleNamespace
-
+def _stub_embedder(versions="test-1"):
+    """A DlibEmbedder whose embed_one is a cheap deterministic stand-in that counts its calls (no dlib)."""
     embedder = object.__new__(fm.DlibEmbedder)
-    embedder._dlib = SimpleNamespace(__version__="test-1")
-    calls = []
+    embedder.versions = versions
+    embedder.calls = 0
 
     def embed_one(image):
-        calls.append(1)
+        embedder.calls += 1
         return np.full(128, float(image.sum())), bool(image[0, 0, 0] % 2)
 
     embedder.embed_one = embed_one
-    images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    return embedder
+
+
+def _images(n=5):
+    return np.random.default_rng(0).integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+
+
+def test_embedding_cache_reuses_only_identical_image_sets(tmp_path):
+    """DlibEmbedder.embed(..., cache_dir): same images and versions -> no re-embedding; a changed
+    pixel or other library/model versions -> embedded again."""
+    embedder, images = _stub_embedder(), _images()
     features, detected = embedder.embed(images, cache_dir=str(tmp_path))
-    assert len(calls) == 5
+    assert embedder.calls == 5
     again, again_detected = embedder.embed(images.copy(), cache_dir=str(tmp_path))
-    assert len(calls) == 5
+    assert embedder.calls == 5
     np.testing.assert_array_equal(again, features)
     np.testing.assert_array_equal(again_detected, detected)
     assert [p.name.startswith("dlib-") and p.suffix == ".npz" for p in tmp_path.iterdir()] == [True]
@@ -152,9 +159,51 @@ def test_embedding_cache_reuses_only_identical_image_sets(tmp_path):
     changed = images.copy()
     changed[3, 2, 2, 1] ^= 1
     embedder.embed(changed, cache_dir=str(tmp_path))
-    assert len(calls) == 10
-    embedder._dlib = SimpleNamespace(__version__="test-2")
+    assert embedder.calls == 10
+    embedder.versions = "test-2"
     embedder.embed(images, cache_dir=str(tmp_path))
-    assert len(calls) == 15
+    assert embedder.calls == 15
     embedder.embed(images)  # no cache_dir: always embedded
-    assert len(calls) == 20 and len(list(tmp_path.iterdir())) == 3
+    assert embedder.calls == 20 and len(list(tmp_path.iterdir())) == 3
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong_shape"])
+def test_embedding_cache_rebuilds_a_damaged_file(tmp_path, capsys, damage):
+    embedder, images = _stub_embedder(), _images()
+    expected = embedder.embed(images, cache_dir=str(tmp_path))
+    (path,) = tmp_path.iterdir()
+    if damage == "garbage":
+        path.write_bytes(b"not an npz file")
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        np.savez(path, features=np.zeros((3, 128)), detected=np.zeros(3, bool))
+    features, detected = embedder.embed(images, cache_dir=str(tmp_path))
+    assert embedder.calls == 10  # embedded again
+    np.testing.assert_array_equal(features, expected[0])
+    np.testing.assert_array_equal(detected, expected[1])
+    assert "embedding cache: ignoring" in capsys.readouterr().err
+    embedder.embed(images, cache_dir=str(tmp_path))  # and the rewritten file is good
+    assert embedder.calls == 10
+
+
+def test_embedding_cache_write_failure_keeps_the_result(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder should be")
+    embedder, images = _stub_embedder(), _images()
+    features, detected = embedder.embed(images, cache_dir=str(blocker / "cache"))
+    assert features.shape == (5, 128) and detected.shape == (5,)
+    assert "could not write" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing half-written
+
+
+def test_embedding_cache_removes_its_partial_file_when_writing_fails(tmp_path, monkeypatch, capsys):
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fm.np, "savez", disk_full)
+    embedder, images = _stub_embedder(), _images()
+    features, _ = embedder.embed(images, cache_dir=str(tmp_path / "cache"))
+    assert features.shape == (5, 128)
+    assert "No space left" in capsys.readouterr().err
+    assert list((tmp_path / "cache").iterdir()) == []
