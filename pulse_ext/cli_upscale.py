@@ -138,8 +138,8 @@ def add_arguments(parser):
     parser.add_argument("--strict", action="store_true",
                         help="exit with status 1 when no restart of some input met eps (the best is still written)")
     parser.add_argument("--resize", action="store_true",
-                        help="resize inputs whose size does not divide the generator resolution to the nearest size "
-                             "that does (default: refuse them)")
+                        help="resize inputs that do not fit the generator (larger than it; with --downscale bicubic, "
+                             "sizes that do not divide it) to the nearest size that does (default: refuse them)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no 'wrote' lines "
                         "(warnings and errors are still printed)")
@@ -204,13 +204,35 @@ def nearest_valid_size(size, resolution):
     return min(reversed(valid_input_sizes(resolution)), key=lambda s: abs(math.log(s) - target))
 
 
-def fit_size(image, resolution):
-    """Resize ``image`` to the nearest valid s x s (area averaging down, bicubic up)."""
+def size_problem(size, resolution, downscale):
+    """None when a (width, height) input fits a resolution x resolution generator with this downscaler,
+    else the reason (``pulse_ext.pulse.losses.target_size_problem``)."""
+    from pulse_ext.pulse.losses import target_size_problem
+
+    w, h = size
+    return target_size_problem((resolution, resolution), (h, w), downscale)
+
+
+def resized_size(size, resolution, downscale):
+    """The (width, height) ``--resize`` gives an input that does not fit. Area: shrunk, keeping the aspect
+    ratio, until it is no larger than the generator. Bicubic: the nearest s x s with s dividing it."""
+    w, h = size
+    if downscale == "area":
+        scale = min(1.0, resolution / max(w, h))
+        return max(1, min(resolution, round(w * scale))), max(1, min(resolution, round(h * scale)))
+    side = nearest_valid_size(size, resolution)
+    return side, side
+
+
+def fit_size(image, resolution, downscale="area"):
+    """Resize ``image`` to ``resized_size`` (area averaging down, bicubic up)."""
     from PIL import Image
 
-    side = nearest_valid_size(image.size, resolution)
-    shrink = side <= min(image.size)
-    return image.resize((side, side), Image.Resampling.BOX if shrink else Image.Resampling.BICUBIC)
+    new = resized_size(image.size, resolution, downscale)
+    if new == image.size:
+        return image
+    shrink = new[0] <= image.size[0] and new[1] <= image.size[1]
+    return image.resize(new, Image.Resampling.BOX if shrink else Image.Resampling.BICUBIC)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -498,7 +520,7 @@ def run(args):
     from pulse_ext import __version__
     from pulse_ext.checkpoints import load_generator
     from pulse_ext.cli import PROG, UsageError
-    from pulse_ext.upscale import PulseConvergenceWarning, PulseMemoryWarning, tensor_to_pil, upscale, valid_input_sizes
+    from pulse_ext.upscale import PulseConvergenceWarning, PulseMemoryWarning, tensor_to_pil, upscale
 
     apply_thread_setting(args.threads)
     if getattr(args, "align", False) or any(os.path.isdir(path) for path in args.inputs):
@@ -533,16 +555,14 @@ def run(args):
     original_sizes = [image.size for image in images]
     for i, (path, image) in enumerate(zip(args.inputs, images)):
         w, h = image.size
-        if resolution % w == 0 and resolution % h == 0:
+        problem = size_problem((w, h), resolution, args.downscale)
+        if problem is None:
             continue
         if not args.resize:
-            sizes = valid_input_sizes(resolution)
-            typical = [f"{s}x{s}" for s in sizes if 8 <= s <= resolution // 8] or [f"{s}x{s}" for s in sizes]
-            side = nearest_valid_size((w, h), resolution)
-            raise UsageError(f"{path} is {w}x{h}, which does not fit the {resolution}x{resolution} generator: width "
-                             f"and height must divide {resolution} (e.g. {', '.join(typical)}); "
-                             f"pass --resize to resize it to {side}x{side}")
-        images[i] = fit_size(image, resolution)
+            new_w, new_h = resized_size((w, h), resolution, args.downscale)
+            raise UsageError(f"{path} is {w}x{h}, which does not fit the {resolution}x{resolution} generator: "
+                             f"{problem}; pass --resize to resize it to {new_w}x{new_h}")
+        images[i] = fit_size(image, resolution, args.downscale)
         say(f"{path}: resized {w}x{h} -> {images[i].size[0]}x{images[i].size[1]}")
 
     seed = args.seed

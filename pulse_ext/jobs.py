@@ -305,10 +305,10 @@ def run_job(args) -> int:
 def _run_ranked(args, out, inputs, aligner, dist, started):
     from pulse_ext.checkpoints import load_generator
     from pulse_ext.cli import PROG, UsageError
-    from pulse_ext.cli_upscale import fit_size, make_output_folder, read_image, save_image, search_options
+    from pulse_ext.cli_upscale import fit_size, make_output_folder, read_image, save_image, search_options, size_problem
     from pulse_ext.pulse.latent import restart_seed
     from pulse_ext.pulse.search import PULSE
-    from pulse_ext.upscale import image_to_tensor, select_candidates, tensor_to_pil, valid_input_sizes
+    from pulse_ext.upscale import image_to_tensor, select_candidates, tensor_to_pil
 
     prefix = f"[rank {dist.rank}] " if dist.world > 1 else ""
 
@@ -338,9 +338,10 @@ def _run_ranked(args, out, inputs, aligner, dist, started):
     G = load_generator(args.generator, device=device)
     resolution, channels = G.img_resolution, G.img_channels
     align_size = getattr(args, "align_size", None) or max(resolution // 4, 1)
-    if aligner is not None and resolution % align_size:
-        raise UsageError(f"--align-size {align_size} does not divide the generator resolution {resolution} "
-                         f"(valid: {', '.join(map(str, valid_input_sizes(resolution)))})")
+    align_problem = size_problem((align_size, align_size), resolution, args.downscale) if aligner else None
+    if align_problem:
+        raise UsageError(f"--align-size {align_size} does not fit the {resolution}x{resolution} generator: "
+                         f"{align_problem}")
     options = search_options(args)
     try:
         searcher = PULSE(G, loss=args.loss, eps=args.eps, steps=args.steps, **options)
@@ -402,12 +403,13 @@ def _run_ranked(args, out, inputs, aligner, dist, started):
                          "quads": [face.quad.round(2).tolist() for face in faces]}
             return item
         w, h = image.size
-        if resolution % w or resolution % h:
+        problem = size_problem((w, h), resolution, args.downscale)
+        if problem:
             if not args.resize:
-                fail(name, path, f"{w}x{h} does not fit the {resolution}x{resolution} generator (sizes must divide "
-                                 f"{resolution}; pass --resize)", t0)
+                fail(name, path, f"{w}x{h} does not fit the {resolution}x{resolution} generator ({problem}; "
+                                 f"pass --resize)", t0)
                 return None
-            image = fit_size(image, resolution)
+            image = fit_size(image, resolution, args.downscale)
         item.tensors.append(image_to_tensor(image, channels)[0])
         item.seeds.append(image_seed(base_seed, name))
         item.stems.append(stem)

@@ -17,6 +17,7 @@ import torch
 
 from pulse_ext.pulse.batching import search_in_parts
 from pulse_ext.pulse.latent import restart_seed
+from pulse_ext.pulse.losses import target_size_problem
 from pulse_ext.pulse.search import PULSE, SearchResult
 
 # ITU-R 601-2 luma, as PIL's convert("L").
@@ -60,7 +61,8 @@ class UpscaleResult:
 
 
 def valid_input_sizes(resolution: int) -> List[int]:
-    """Side lengths s for which an s x s input works with a generator of this resolution (s divides it)."""
+    """Side lengths s that divide the generator resolution: the s x s inputs the bicubic downscaler takes
+    (the area downscaler takes any size up to the resolution)."""
     return [s for s in range(1, resolution + 1) if resolution % s == 0]
 
 
@@ -193,7 +195,10 @@ def upscale(image, *, generator=None, restarts: int = 8, steps: int = DEFAULT_ST
 
     Args:
         image: path, PIL image, numpy uint8 HxW(xC) / float in [0, 1], or tensor [C, h, w] / [1, C, h, w]
-            in [0, 1]. h and w must divide the generator resolution (e.g. 16x16 or 32x32 for 1024).
+            in [0, 1]. Any h, w up to the generator resolution: sizes that divide it (16x16 for 1024) are
+            compared by block means, others (24x24) by exact area averaging; downscale="bicubic" needs
+            one integer factor for both sides. A non-square input is taken to cover the whole square
+            frame (so its face is stretched to it).
         generator: a ``pulse_ext.stylegan2.Generator``, a checkpoint path or name (loaded with
             ``pulse_ext.checkpoints.load_generator``), or None for the embedded default generator.
         restarts: independent random restarts, searched as one batch.
@@ -226,10 +231,9 @@ def upscale(image, *, generator=None, restarts: int = 8, steps: int = DEFAULT_ST
     resolution = generator.img_resolution
     x = image_to_tensor(image, generator.img_channels)
     h, w = x.shape[-2:]
-    if resolution % h or resolution % w:
-        raise ValueError(f"image size {w}x{h} does not fit the generator resolution {resolution}x{resolution}: "
-                         f"width and height must divide {resolution}; valid sizes are "
-                         f"{', '.join(f'{s}x{s}' for s in valid_input_sizes(resolution))}")
+    problem = target_size_problem((resolution, resolution), (h, w), options.get("downscale", "area"))
+    if problem:
+        raise ValueError(f"image size {w}x{h} does not fit the {resolution}x{resolution} generator: {problem}")
     if seed is None:
         seed = secrets.randbits(63)
     searcher = PULSE(generator, loss=loss, eps=eps, steps=steps, **options)

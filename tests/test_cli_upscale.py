@@ -13,7 +13,7 @@ from PIL import Image
 
 from pulse_ext.checkpoints import save_generator
 from pulse_ext.cli import main
-from pulse_ext.cli_upscale import atomic_write, nearest_valid_size, read_image
+from pulse_ext.cli_upscale import atomic_write, nearest_valid_size, read_image, resized_size
 from conftest import reachable_targets, save_png, tiny_search_generator
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -151,19 +151,39 @@ def test_save_intermediate_writes_an_animated_gif(files, tmp_path):
 
 
 def test_multiple_inputs_with_resize(files, tmp_path, capsys):
-    odd = tmp_path / "odd.jpg"
-    Image.open(files["face"]).convert("RGB").resize((5, 5)).save(odd)
+    big = tmp_path / "big.jpg"
+    Image.open(files["face"]).convert("RGB").resize((20, 10)).save(big)  # wider than the 16-px generator
     out = tmp_path / "out"
-    argv = upscale(files, files["face"], str(odd), "-o", str(out), "--steps", "2", "-q")
+    argv = upscale(files, files["face"], str(big), "-o", str(out), "--steps", "2", "-q")
     assert run_main(argv) == 2
     err = capsys.readouterr().err
     assert_one_error_line(err)
-    assert "odd.jpg is 5x5" in err and "--resize" in err and "4x4" in err
+    assert "big.jpg is 20x10" in err and "must not be larger" in err and "--resize to resize it to 16x8" in err
     assert run_main(argv + ["--resize"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["face.json", "face.png", "odd.json", "odd.png"]
-    meta = json.loads((out / "odd.json").read_text())
-    assert meta["input_size"] == [5, 5] and meta["searched_size"] == [4, 4] and meta["resized"] is True
+    assert sorted(p.name for p in out.iterdir()) == ["big.json", "big.png", "face.json", "face.png"]
+    meta = json.loads((out / "big.json").read_text())
+    assert meta["input_size"] == [20, 10] and meta["searched_size"] == [16, 8] and meta["resized"] is True
     assert nearest_valid_size((20, 20), 1024) == 16 and nearest_valid_size((30, 30), 1024) == 32
+    assert resized_size((20, 10), 16, "area") == (16, 8) and resized_size((5, 5), 16, "bicubic") == (4, 4)
+
+
+def test_sizes_that_do_not_divide_the_resolution(files, tmp_path, capsys):
+    """Area downscaling takes a 5x5 input for the 16-px generator as it is; bicubic needs --resize."""
+    odd = tmp_path / "odd.png"
+    Image.open(files["face"]).convert("RGB").resize((5, 5), Image.Resampling.BOX).save(odd)
+    out = tmp_path / "out"
+    assert run_main(upscale(files, str(odd), "-o", str(out), "--steps", "2", "-q")) == 0
+    meta = json.loads((out / "odd.json").read_text())
+    assert meta["searched_size"] == [5, 5] and meta["resized"] is False
+    with Image.open(out / "odd.png") as result:
+        assert result.size == (16, 16)
+    capsys.readouterr()  # (2 steps do not converge: a warning)
+    argv = upscale(files, str(odd), "-o", str(tmp_path / "bicubic"), "--steps", "2", "-q", "--downscale", "bicubic")
+    assert run_main(argv) == 2
+    err = capsys.readouterr().err
+    assert_one_error_line(err)
+    assert "integer factor" in err and "--resize to resize it to 4x4" in err
+    assert not (tmp_path / "bicubic").exists()
 
 
 def test_strict_without_convergence_exits_1_and_still_writes_the_best(files, tmp_path, capsys):
@@ -194,8 +214,8 @@ def test_user_errors_exit_2_with_one_line_and_write_nothing(files, tmp_path, cap
         (tmp_path / "text.png").write_text("hello")
         inputs = [str(tmp_path / "text.png")]
     elif case == "wrong-size":
-        Image.new("RGB", (5, 4)).save(tmp_path / "odd.png")
-        inputs = [str(tmp_path / "odd.png")]
+        Image.new("RGB", (20, 4)).save(tmp_path / "wide.png")  # wider than the 16-px generator
+        inputs = [str(tmp_path / "wide.png")]
     elif case == "bad-int":
         extra = ["--num-outputs", "0"]
     elif case == "bad-choice":

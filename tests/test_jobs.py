@@ -142,10 +142,16 @@ def test_inputs_of_every_kind(generator_file, tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90
     Image.fromarray(rgb[:, :2].repeat(2, 1)).save(folder / "rotated.jpg", exif=exif)
+    Image.fromarray(rgb).resize((6, 5)).save(folder / "odd.png")  # no integer factor: exact area averaging
+    Image.fromarray(rgb).resize((20, 20)).save(folder / "big.png")  # larger than the 16-px generator
     out = tmp_path / "out"
-    assert main(job(generator_file, [folder], out, "--batch", "5", steps=3)) == 0
-    assert sorted(r["input"] for r in records(out) if r["error"] is None) == \
-        ["deep16.png", "gray.png", "palette.png", "rgba.png", "rotated.jpg"]
+    assert main(job(generator_file, [folder], out, "--batch", "5", steps=3)) == 1  # big.png: a per-image error
+    records_by_input = {r["input"]: r for r in records(out)}
+    assert sorted(name for name, r in records_by_input.items() if r["error"] is None) == \
+        ["deep16.png", "gray.png", "odd.png", "palette.png", "rgba.png", "rotated.jpg"]
+    assert "must not be larger" in records_by_input["big.png"]["error"]
+    with Image.open(out / "odd.png") as odd:
+        assert odd.size == (16, 16)
 
 
 def test_decompression_bomb_is_a_per_image_error(generator_file, tmp_path, monkeypatch):

@@ -44,6 +44,20 @@ def test_search_resolution_validation(G):
         PULSE(G, search_resolution=8, refine_steps=-1)
 
 
+@pytest.mark.parametrize("search_resolution", [4, 8])  # below and above the 6x6 target size
+def test_progressive_search_with_a_size_that_does_not_divide(G, target, search_resolution):
+    """A 6x6 target: the coarse image is upsampled to at least 6 px and compared by exact area
+    averaging, and so is the full-resolution result."""
+    from pulse_ext.pulse import area_resample
+
+    target6 = F.interpolate(target, size=(6, 6), mode="bilinear")
+    options = dict(steps=6, eps=1e-9, latent_stats=dict(mean=torch.zeros(32), std=torch.ones(32)))
+    result = PULSE(G, search_resolution=search_resolution, refine_steps=2, **options).search(target6, restarts=2, seed=3)
+    assert result.images.shape == (1, 2, 3, 16, 16)
+    l2 = (area_resample(result.images[0], (6, 6)) - target6).square().mean((1, 2, 3))
+    torch.testing.assert_close(result.l2[0], l2, rtol=1e-4, atol=1e-7)
+
+
 @pytest.mark.parametrize("search_resolution", [4, 8])  # below and at/above the 4x4 target size
 def test_progressive_search_returns_full_resolution_results(G, target, search_resolution):
     options = dict(steps=6, eps=1e-9, latent_stats=dict(mean=torch.zeros(32), std=torch.ones(32)))

@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pulse_ext.pulse import (PULSE, SphericalOptimizer, bicubic_downscale, bicubic_kernel, downscale_losses,
-                             fit_latent_stats, geocross, latent_to_w, lr_factor, parse_loss, per_restart_loss,
-                             project_to_sphere, restart_seed, sphere_radius)
+from pulse_ext.pulse import (PULSE, SphericalOptimizer, area_resample, area_weights, bicubic_downscale, bicubic_kernel,
+                             downscale, downscale_losses, fit_latent_stats, geocross, latent_to_w, lr_factor,
+                             parse_loss, per_restart_loss, project_to_sphere, restart_seed, sphere_radius,
+                             target_size_problem)
 from pulse_ext.pulse import latent as latent_module
 from pulse_ext.pulse.latent import latent_stats_records, load_latent_stats_records, mapping_fingerprint
 from pulse_ext.pulse import cuda_graph
@@ -190,6 +191,60 @@ def test_bicubic_downscale_shape_constant_and_losses():
     torch.testing.assert_close(l1, torch.full((2,), 0.5))
 
 
+def _area_oracle(img, h, w):
+    """Exact area averaging, computed another way: repeat every pixel h (w) times along the rows (columns),
+    so both grids share a common refinement, then take block means."""
+    hh, ww = img.shape[-2:]
+    rows = F.avg_pool2d(img.repeat_interleave(h, dim=-2), (hh, 1))  # one axis at a time keeps it small
+    return F.avg_pool2d(rows.repeat_interleave(w, dim=-1), (1, ww))
+
+
+@pytest.mark.parametrize("size_in,size_out", [((16, 16), (6, 6)), ((16, 16), (4, 4)), ((64, 64), (24, 24)),
+                                              ((16, 16), (5, 11)), ((16, 16), (16, 16)), ((16, 16), (1, 1)),
+                                              ((1024, 1024), (24, 20))])
+def test_area_resample_is_exact_area_averaging(size_in, size_out):
+    batch = (1, 1) if size_in[0] > 64 else (2, 3)  # the oracle's fine grid of a 1024 image is ~200 MB
+    img = torch.rand(*batch, *size_in, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    out = area_resample(img, size_out)
+    assert out.shape == (*batch, *size_out)
+    torch.testing.assert_close(out, _area_oracle(img, *size_out), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.mean((2, 3)), img.mean((2, 3)), rtol=1e-12, atol=1e-12)  # mass is kept
+    weights = area_weights(size_in[0], size_out[0])
+    torch.testing.assert_close(weights.sum(1), torch.ones(size_out[0], dtype=torch.float64))
+    assert bool((weights >= 0).all())
+
+
+def test_area_downscale_losses_any_size_match_the_block_mean_where_both_apply():
+    img = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    target = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    fused = downscale_losses(img, target, "area")
+    diff = area_resample(img, (4, 4)) - target
+    torch.testing.assert_close(fused[0], diff.square().mean((1, 2, 3)))
+    torch.testing.assert_close(fused[1], diff.abs().mean((1, 2, 3)))
+    target = torch.rand(3, 3, 6, 5, generator=torch.Generator().manual_seed(3))  # per-sample, factors 2.67 x 3.2
+    l2, l1 = downscale_losses(img, target, "area")
+    diff = _area_oracle(img, 6, 5) - target
+    torch.testing.assert_close(l2, diff.square().mean((1, 2, 3)))
+    torch.testing.assert_close(l1, diff.abs().mean((1, 2, 3)))
+    torch.testing.assert_close(downscale(img, (6, 5)), _area_oracle(img, 6, 5))
+
+
+def test_area_downscale_losses_any_size_gradcheck():
+    img = torch.rand(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    target = torch.rand(1, 3, 3, 5, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: downscale_losses(x, target, "area"), (img,))
+
+
+def test_target_size_problem():
+    assert target_size_problem((16, 16), (6, 5), "area") is None
+    assert target_size_problem((16, 16), (4, 4), "bicubic") is None
+    assert "must not be larger" in target_size_problem((16, 16), (17, 4), "area")
+    assert "must not be larger" in target_size_problem((16, 16), (0, 4), "area")
+    assert "integer factor" in target_size_problem((16, 16), (6, 6), "bicubic")
+    assert "integer factor" in target_size_problem((16, 16), (4, 8), "bicubic")
+    assert "downscale must be one of" in target_size_problem((16, 16), (4, 4), "nearest")
+
+
 # ---------------------------------------------------------------- mapping statistics
 
 def test_latent_stats_invert_the_mapping_lrelu(G):
@@ -310,8 +365,10 @@ def test_search_option_errors(G, targets):
         PULSE(G, downscale="nearest")
     with pytest.raises(ValueError, match="optimizer must be one of"):
         PULSE(G, optimizer="lbfgs")
-    with pytest.raises(ValueError, match="must divide the generator resolution 16"):
-        PULSE(G, stats_samples=100).search(torch.rand(1, 3, 5, 5))
+    with pytest.raises(ValueError, match=r"target of size 17x5 .*must not be larger than the generator's images \(16x16\)"):
+        PULSE(G, stats_samples=100).search(torch.rand(1, 3, 5, 17))
+    with pytest.raises(ValueError, match="bicubic downscaling needs one integer factor for both sides"):
+        PULSE(G, stats_samples=100, downscale="bicubic").search(torch.rand(1, 3, 5, 5))
     with pytest.raises(ValueError, match="cuda_graph=True needs a generator on a CUDA device, got one on cpu"):
         PULSE(G, stats_samples=100, cuda_graph=True).search(targets[:1])
     assert PULSE(G, bad_noise_layers="0.4").bad_noise_layers == [0, 4]
@@ -333,13 +390,15 @@ class ReplayOnCPU(cuda_graph.GraphedStep):
         self.graph.replay()
 
 
-def test_the_replayed_form_of_the_step_equals_the_eager_search(targets, monkeypatch):
+@pytest.mark.parametrize("side", [4, 6])  # 6: a size that does not divide 16 (area_resample)
+def test_the_replayed_form_of_the_step_equals_the_eager_search(targets, monkeypatch, side):
     """What cuda_graph=True replays -- the step with tensor arguments, warm-up and re-capture after
     compaction, the optimiser's step count kept outside -- follows the eager search exactly (float64,
     CPU; the CUDA test below runs the real graph)."""
     monkeypatch.setattr(cuda_graph, "check_device", lambda device: None)
     monkeypatch.setattr(cuda_graph, "GraphedStep", ReplayOnCPU)
-    G64, target = tiny_search_generator(dtype=torch.float64), targets[:1].double()
+    G64 = tiny_search_generator(dtype=torch.float64)
+    target = F.interpolate(targets[:1].double(), size=(side, side), mode="bilinear")
     probe = PULSE(G64, steps=1, stats_samples=2000, eps=1e-9).search(target, restarts=6, seed=3)
     eps = float(probe.l2[0].median()) / 8  # restarts converge at different steps: the batch is compacted
     eager, replayed = [PULSE(G64, steps=30, stats_samples=2000, eps=eps, sync_every=3, cuda_graph=graph)
@@ -355,15 +414,15 @@ def test_the_replayed_form_of_the_step_equals_the_eager_search(targets, monkeypa
 
 
 @pytest.mark.skipif(CUDA_SKIP_REASON is not None, reason=CUDA_SKIP_REASON or "")
-@pytest.mark.parametrize("downscale", ["area", "bicubic"])
-def test_cuda_graph_search_equals_the_eager_search(targets, downscale, monkeypatch):
+@pytest.mark.parametrize("downscale,side", [("area", 4), ("bicubic", 4), ("area", 6)])  # 6: area_resample
+def test_cuda_graph_search_equals_the_eager_search(targets, downscale, side, monkeypatch):
     """cuda_graph=True replays captured steps (captured again after each compaction) and finds what
     the eager loop finds: same convergence, same images up to rounding. (float64 and deterministic
     cuDNN: the replayed step computes its step-size factors on the device, the eager one on the host,
     and a chaotic search must not amplify that past the comparison.)"""
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     Gc = tiny_search_generator(dtype=torch.float64).cuda()
-    target = targets[:1].double().cuda()
+    target = F.interpolate(targets[:1].double(), size=(side, side), mode="bilinear").cuda()
     probe = PULSE(Gc, steps=1, stats_samples=2000, eps=1e-9, downscale=downscale).search(target, restarts=6, seed=3)
     eps = float(probe.l2[0].median()) / 8  # restarts converge at different steps, so rows are dropped
     runs = [PULSE(Gc, steps=30, stats_samples=2000, eps=eps, sync_every=3, downscale=downscale, cuda_graph=graph)

@@ -126,33 +126,95 @@ def bicubic_downscale(img: torch.Tensor, factor: int) -> torch.Tensor:
     return F.conv2d(x, k.view(1, 1, 1, size).expand(c, 1, 1, size), stride=(1, factor), groups=c)
 
 
+def area_weights(n_in: int, n_out: int) -> torch.Tensor:
+    """[n_out, n_in] float64 matrix of exact area averaging from n_in to n_out <= n_in pixels.
+
+    Output pixel i covers [i, i + 1) * n_in / n_out in input coordinates; input pixel j's weight is the
+    length of its overlap with that interval divided by the interval's length, so each row sums to 1
+    and an integer factor gives plain block means.
+    """
+    if not 1 <= n_out <= n_in:
+        raise ValueError(f"area_weights: need 1 <= n_out <= n_in, got n_in={n_in}, n_out={n_out}")
+    edges = torch.arange(n_out + 1, dtype=torch.float64) * (n_in / n_out)
+    left = torch.arange(n_in, dtype=torch.float64)
+    overlap = (torch.minimum(edges[1:, None], left[None, :] + 1) - torch.maximum(edges[:-1, None], left[None, :]))
+    return overlap.clamp(min=0) * (n_out / n_in)
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_area_weights(n_in: int, n_out: int, dtype, device) -> torch.Tensor:
+    """area_weights, one cached tensor per arguments (read only: a CUDA graph cannot capture building it)."""
+    return area_weights(n_in, n_out).to(dtype=dtype, device=device)
+
+
+def area_resample(img: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Exact area-averaging downscale of [N, C, H, W] to [N, C, h, w] for any h <= H, w <= W.
+
+    Two small matrix products (rows, then columns) with ``area_weights``; for factors that divide
+    the image it equals the block mean ``ops.reference.area_downscale``. Differentiable.
+    """
+    if img.dim() != 4:
+        raise ValueError(f"area_resample: img must be [N, C, H, W], got {list(img.shape)}")
+    hh, ww = img.shape[-2:]
+    h, w = size
+    rows = _shared_area_weights(hh, h, img.dtype, img.device)
+    cols = _shared_area_weights(ww, w, img.dtype, img.device)
+    return torch.matmul(torch.matmul(rows, img), cols.t())
+
+
+def _divides(big, small) -> bool:
+    (hh, ww), (h, w) = tuple(big), tuple(small)
+    return hh % h == 0 and ww % w == 0
+
+
+def target_size_problem(image_size, target_size, method: str = "area"):
+    """None when a target (h, w) can be compared with images of image_size (H, W) by ``method``, else
+    the reason. "area": any 1 <= h <= H, 1 <= w <= W (factors that divide use the fused block-mean
+    kernel, others exact area averaging); "bicubic": one integer factor for both sides (the original's)."""
+    (hh, ww), (h, w) = tuple(image_size), tuple(target_size)
+    if method not in DOWNSCALERS:
+        return f"downscale must be one of {DOWNSCALERS}, got {method!r}"
+    if h < 1 or w < 1 or h > hh or w > ww:
+        return f"the input ({w}x{h}) must not be larger than the generator's images ({ww}x{hh})"
+    if method == "bicubic" and (hh % h or ww % w or hh // h != ww // w):
+        return (f"bicubic downscaling needs one integer factor for both sides ({ww}x{hh} -> {w}x{h} has none); "
+                f"area downscaling takes any size")
+    return None
+
+
 def downscale(img: torch.Tensor, size: Tuple[int, int], method: str = "area") -> torch.Tensor:
     """Downscale [N, C, H, W] to ``size`` (h, w) with the search's downscaler (for display and checks)."""
     h, w = size
     if method == "area":
-        return ops.reference.area_downscale(img, (h, w))
+        if _divides(img.shape[-2:], (h, w)):
+            return ops.reference.area_downscale(img, (h, w))
+        return area_resample(img, (h, w))
     if method == "bicubic":
         return bicubic_downscale(img, _square_factor(img.shape[-2:], (h, w)))
     raise ValueError(f"downscale: method must be one of {DOWNSCALERS}, got {method!r}")
 
 
 def _square_factor(big, small) -> int:
-    (hh, ww), (h, w) = tuple(big), tuple(small)
-    if hh % h or ww % w or hh // h != ww // w:
-        raise ValueError(f"bicubic downscaling needs one integer factor for both sides, got {hh}x{ww} -> {h}x{w}")
-    return hh // h
+    problem = target_size_problem(big, small, "bicubic")
+    if problem:
+        raise ValueError(problem)
+    return big[0] // small[0]
 
 
 def downscale_losses(img: torch.Tensor, target: torch.Tensor, method: str = "area",
                      impl: str = "auto") -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-sample (L2, L1) = (mean squared, mean absolute) error of downscaled ``img`` vs ``target``.
 
-    img [N, C, H, W]; target [1 or N, C, h, w]; returns two [N] tensors. "area" is the fused
-    ``pulse_ext.ops.area_downscale_loss`` (block means); "bicubic" is the original PULSE's filter
-    (plain PyTorch).
+    img [N, C, H, W]; target [1 or N, C, h, w]; returns two [N] tensors. "area": the fused
+    ``pulse_ext.ops.area_downscale_loss`` (block means) when h divides H and w divides W, else exact
+    area averaging (``area_resample``, plain PyTorch); "bicubic" is the original PULSE's filter (plain
+    PyTorch, integer factors).
     """
     if method == "area":
-        return ops.area_downscale_loss(img, target, impl=impl)
+        if _divides(img.shape[-2:], target.shape[-2:]):
+            return ops.area_downscale_loss(img, target, impl=impl)
+        diff = area_resample(img, target.shape[-2:]) - target
+        return diff.square().mean((1, 2, 3)), diff.abs().mean((1, 2, 3))
     if method == "bicubic":
         diff = bicubic_downscale(img, _square_factor(img.shape[-2:], target.shape[-2:])) - target
         return diff.pow(2).mean((1, 2, 3)), diff.abs().mean((1, 2, 3))

@@ -89,7 +89,9 @@ def staged_run(pulse, target, seeds, n, num_images, num_restarts, stats, stats_s
     as ``PULSE._run``): the search phase, then the full-resolution, full-precision check and refinement."""
     G = pulse.generator
     s = pulse.search_resolution or G.img_resolution
-    size = max(s, target.shape[-1])
+    size = s  # the coarse image is upsampled (2x at a time) to at least the target's size
+    while size < max(target.shape[-2:]):
+        size *= 2
     impl = getattr(G.synthesis, "impl", "auto")
     synthesize = None  # the full synthesis network
     if s < G.img_resolution:

@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 import torch
 
 from pulse_ext.pulse.latent import LatentStats, fit_latent_stats, latent_to_w, restart_seed
-from pulse_ext.pulse.losses import DOWNSCALERS, downscale_losses, parse_loss, per_restart_loss
+from pulse_ext.pulse.losses import DOWNSCALERS, downscale_losses, parse_loss, per_restart_loss, target_size_problem
 from pulse_ext.pulse.optim import LR_SCHEDULES, OPTIMIZERS, SphericalOptimizer, lr_factor
 
 NOISE_TYPES = ("zero", "fixed", "trainable")
@@ -98,7 +98,8 @@ class PULSE:
             string "a.b") that are always zero; default (-1,), the last layer, which is the role the
             original's "17" plays in its 18-layer StyleGAN.
         tile_latent: one latent row shared by all num_ws inputs.
-        downscale: "area" (fused block-mean op) | "bicubic" (the original's filter, plain PyTorch).
+        downscale: "area" (block means, fused, for factors that divide; exact area averaging for any other
+            size) | "bicubic" (the original's filter, plain PyTorch, integer factors).
         sync_every: read convergence flags back every this many steps. drop_converged: remove
             converged restarts from the batch at those points.
         latent_stats: a ``LatentStats`` (or dict with mean/std) to skip fitting; stats_samples: samples
@@ -236,7 +237,8 @@ class PULSE:
         """Search for generator images whose downscaled version matches ``target``.
 
         Args:
-            target: [B, C, h, w] (or [C, h, w]) in [0, 1]; h and w must divide the generator resolution.
+            target: [B, C, h, w] (or [C, h, w]) in [0, 1], h and w at most the generator resolution (any
+                size with downscale="area"; one integer factor for both sides with "bicubic").
             restarts: R, restarts per input.
             seed: derives every restart's seed (``latent.restart_seed(seed, b, r)``).
             seeds: explicit [B][R] restart seeds instead (a restart's trajectory depends only on its seed).
@@ -255,8 +257,9 @@ class PULSE:
         if target.dim() != 4 or target.shape[1] != G.img_channels:
             raise ValueError(f"target must be [B, C, h, w] with C={G.img_channels}, got {list(target.shape)}")
         h, w = target.shape[-2:]
-        if res % h or res % w:
-            raise ValueError(f"target size {h}x{w} must divide the generator resolution {res}")
+        problem = target_size_problem((res, res), (h, w), self.downscale)
+        if problem:
+            raise ValueError(f"target of size {w}x{h} (width x height): {problem}")
         num_images = target.shape[0]
         if seeds is None:
             if int(restarts) < 1:
