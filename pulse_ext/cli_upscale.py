@@ -196,12 +196,14 @@ def read_image(path, channels=3):
 
 
 def nearest_valid_size(size, resolution):
-    """The side s dividing ``resolution`` nearest (in log scale) to the image's size; ties go up."""
+    """The side s >= 2 dividing ``resolution`` nearest (in log scale) to the image's size, ties going up:
+    what bicubic downscaling takes."""
     from pulse_ext.upscale import valid_input_sizes
 
     w, h = size
     target = math.log(math.sqrt(w * h))
-    return min(reversed(valid_input_sizes(resolution)), key=lambda s: abs(math.log(s) - target))
+    sides = [s for s in valid_input_sizes(resolution) if s >= 2] or [resolution]
+    return min(reversed(sides), key=lambda s: abs(math.log(s) - target))
 
 
 def size_problem(size, resolution, downscale):

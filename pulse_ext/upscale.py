@@ -61,8 +61,8 @@ class UpscaleResult:
 
 
 def valid_input_sizes(resolution: int) -> List[int]:
-    """Side lengths s that divide the generator resolution: the s x s inputs the bicubic downscaler takes
-    (the area downscaler takes any size up to the resolution)."""
+    """Side lengths s that divide the generator resolution (the s x s inputs the bicubic downscaler takes
+    are those with s >= 2; the area downscaler takes any size up to the resolution)."""
     return [s for s in range(1, resolution + 1) if resolution % s == 0]
 
 
@@ -231,12 +231,12 @@ def upscale(image, *, generator=None, restarts: int = 8, steps: int = DEFAULT_ST
     resolution = generator.img_resolution
     x = image_to_tensor(image, generator.img_channels)
     h, w = x.shape[-2:]
-    problem = target_size_problem((resolution, resolution), (h, w), options.get("downscale", "area"))
+    searcher = PULSE(generator, loss=loss, eps=eps, steps=steps, **options)  # (checks the options first)
+    problem = target_size_problem((resolution, resolution), (h, w), searcher.downscale)
     if problem:
         raise ValueError(f"image size {w}x{h} does not fit the {resolution}x{resolution} generator: {problem}")
     if seed is None:
         seed = secrets.randbits(63)
-    searcher = PULSE(generator, loss=loss, eps=eps, steps=steps, **options)
     # Restarts that would not fit the memory available are searched in batches (the same results: a
     # restart depends only on its seed), with a PulseMemoryWarning saying so.
     seeds = [[restart_seed(int(seed), 0, r) for r in range(int(restarts))]]

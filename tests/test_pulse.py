@@ -229,6 +229,26 @@ def test_area_downscale_losses_any_size_match_the_block_mean_where_both_apply():
     torch.testing.assert_close(downscale(img, (6, 5)), _area_oracle(img, 6, 5))
 
 
+def test_cached_filters_first_built_in_inference_mode_still_allow_backward():
+    """The shared weight/filter tensors are cached on first use; one first built under inference_mode
+    (e.g. downscale() for display) must not break a later differentiable search step."""
+    from pulse_ext.ops import reference
+    from pulse_ext.pulse import losses
+
+    for cache in (losses._shared_area_weights, losses._shared_bicubic_kernel, reference._shared_fir_filter_2d):
+        cache.cache_clear()
+    img = torch.rand(1, 3, 24, 24, dtype=torch.float64)
+    with torch.inference_mode():
+        downscale(img, (9, 9))
+        downscale(img, (6, 6), "bicubic")
+        reference.fir_filter_2d(torch.float64, torch.device("cpu"))
+    x = img.clone().requires_grad_(True)
+    (downscale_losses(x, torch.rand(1, 3, 9, 9, dtype=torch.float64))[0].sum()
+     + downscale_losses(x, torch.rand(1, 3, 6, 6, dtype=torch.float64), "bicubic")[0].sum()
+     + reference.upsample2d(x).sum()).backward()
+    assert x.grad is not None and bool(torch.isfinite(x.grad).all())
+
+
 def test_area_downscale_losses_any_size_gradcheck():
     img = torch.rand(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
     target = torch.rand(1, 3, 3, 5, dtype=torch.float64)
@@ -239,7 +259,9 @@ def test_target_size_problem():
     assert target_size_problem((16, 16), (6, 5), "area") is None
     assert target_size_problem((16, 16), (4, 4), "bicubic") is None
     assert "must not be larger" in target_size_problem((16, 16), (17, 4), "area")
-    assert "must not be larger" in target_size_problem((16, 16), (0, 4), "area")
+    assert "at least 1x1, got 4x0" in target_size_problem((16, 16), (0, 4), "area")
+    assert "at least 2x2" in target_size_problem((16, 16), (1, 1), "bicubic")
+    assert target_size_problem((16, 16), (1, 1), "area") is None
     assert "integer factor" in target_size_problem((16, 16), (6, 6), "bicubic")
     assert "integer factor" in target_size_problem((16, 16), (4, 8), "bicubic")
     assert "downscale must be one of" in target_size_problem((16, 16), (4, 4), "nearest")

@@ -29,10 +29,12 @@ def fir_filter_2d(dtype: torch.dtype = torch.float32, device=None) -> torch.Tens
 @functools.lru_cache(maxsize=None)
 def _shared_fir_filter_2d(dtype: torch.dtype, device) -> torch.Tensor:
     """fir_filter_2d, one cached tensor per dtype and device, for the ops to read (never modify it): a
-    CUDA graph cannot capture the host-to-device copy that building it takes."""
-    taps = torch.tensor(_FIR_TAPS, dtype=dtype, device=device)
-    f = torch.outer(taps, taps)
-    return f / f.sum()
+    CUDA graph cannot capture the host-to-device copy that building it takes. Built outside inference
+    mode: a cached inference tensor could not be saved for any later backward."""
+    with torch.inference_mode(False):
+        taps = torch.tensor(_FIR_TAPS, dtype=dtype, device=device)
+        f = torch.outer(taps, taps)
+        return f / f.sum()
 
 
 def upfirdn2d(x: torch.Tensor, f: torch.Tensor, *, up: int = 1, pad: Tuple[int, int, int, int] = (0, 0, 0, 0),

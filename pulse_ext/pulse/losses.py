@@ -94,11 +94,13 @@ def bicubic_kernel(factor: int, dtype=torch.float32, device=None) -> torch.Tenso
 @functools.lru_cache(maxsize=None)
 def _shared_bicubic_kernel(factor: int, dtype, device) -> torch.Tensor:
     """bicubic_kernel, one cached tensor per arguments, for the loss to read (never modify it): a CUDA
-    graph cannot capture the host-to-device copy that building it takes."""
+    graph cannot capture the host-to-device copy that building it takes. Built outside inference mode
+    (see ops.reference._shared_fir_filter_2d)."""
     size = 4 * factor
     taps = [_bicubic_weight((i - math.floor(size / 2) + 0.5) / factor) for i in range(size)]
-    k = torch.tensor(taps, dtype=torch.float64)
-    return (k / k.sum()).to(dtype=dtype, device=device)
+    with torch.inference_mode(False):
+        k = torch.tensor(taps, dtype=torch.float64)
+        return (k / k.sum()).to(dtype=dtype, device=device)
 
 
 def bicubic_downscale(img: torch.Tensor, factor: int) -> torch.Tensor:
@@ -135,7 +137,7 @@ def area_weights(n_in: int, n_out: int) -> torch.Tensor:
     """
     if not 1 <= n_out <= n_in:
         raise ValueError(f"area_weights: need 1 <= n_out <= n_in, got n_in={n_in}, n_out={n_out}")
-    edges = torch.arange(n_out + 1, dtype=torch.float64) * (n_in / n_out)
+    edges = torch.arange(n_out + 1, dtype=torch.float64) * n_in / n_out  # integer products first: exact edges
     left = torch.arange(n_in, dtype=torch.float64)
     overlap = (torch.minimum(edges[1:, None], left[None, :] + 1) - torch.maximum(edges[:-1, None], left[None, :]))
     return overlap.clamp(min=0) * (n_out / n_in)
@@ -143,8 +145,10 @@ def area_weights(n_in: int, n_out: int) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=None)
 def _shared_area_weights(n_in: int, n_out: int, dtype, device) -> torch.Tensor:
-    """area_weights, one cached tensor per arguments (read only: a CUDA graph cannot capture building it)."""
-    return area_weights(n_in, n_out).to(dtype=dtype, device=device)
+    """area_weights, one cached tensor per arguments (read only: a CUDA graph cannot capture building it;
+    built outside inference mode, see ops.reference._shared_fir_filter_2d)."""
+    with torch.inference_mode(False):
+        return area_weights(n_in, n_out).to(dtype=dtype, device=device)
 
 
 def area_resample(img: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
@@ -174,11 +178,16 @@ def target_size_problem(image_size, target_size, method: str = "area"):
     (hh, ww), (h, w) = tuple(image_size), tuple(target_size)
     if method not in DOWNSCALERS:
         return f"downscale must be one of {DOWNSCALERS}, got {method!r}"
-    if h < 1 or w < 1 or h > hh or w > ww:
+    if h < 1 or w < 1:
+        return f"the input must be at least 1x1, got {w}x{h}"
+    if h > hh or w > ww:
         return f"the input ({w}x{h}) must not be larger than the generator's images ({ww}x{hh})"
     if method == "bicubic" and (hh % h or ww % w or hh // h != ww // w):
         return (f"bicubic downscaling needs one integer factor for both sides ({ww}x{hh} -> {w}x{h} has none); "
                 f"area downscaling takes any size")
+    if method == "bicubic" and min(h, w) < 2 and hh > 1:
+        # its reflect padding (1.5 x factor pixels) must be smaller than the image
+        return f"bicubic downscaling needs an input of at least 2x2, got {w}x{h}; area downscaling takes any size"
     return None
 
 

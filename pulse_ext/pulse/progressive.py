@@ -11,8 +11,9 @@ Progressive search resolution: run the PULSE search on a truncated synthesis net
 With ``PULSE(..., search_resolution=s)`` (or ``upscale(..., search_resolution=s)``) the search runs only
 the synthesis blocks up to resolution s and uses that block's skip image (the 'skip' architecture sums
 upsampled toRGB outputs, so the image at block s is the coarse part of the final image; the later blocks
-add detail above s). The L2 is measured on that image, area-downscaled to the target when s is at least
-the target size, else FIR-upsampled (the generator's own skip upsampling) to the target size. Most of a
+add detail above s). The L2 is measured on that image, area-downscaled to the target (block means or exact
+area averaging, as at full resolution) when s is at least the target size, else first FIR-upsampled (the
+generator's own skip upsampling, 2x at a time) to the smallest size at or above the target's. Most of a
 generator's work is in its top blocks (config-f 1024: the blocks up to 256 are 60 % of the multiply-adds,
 up to 128 are 41 %), so a step costs a fraction of a full one.
 
