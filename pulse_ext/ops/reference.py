@@ -26,15 +26,29 @@ def fir_filter_2d(dtype: torch.dtype = torch.float32, device=None) -> torch.Tens
     return _shared_fir_filter_2d(dtype, device).clone()
 
 
-@functools.lru_cache(maxsize=None)
+def cached_constant(build):
+    """Decorator: keep the tensor ``build(*args)`` returns, one per positional arguments, for callers
+    that only read it (``.cache_clear()`` empties the cache).
+
+    A CUDA graph cannot capture the host-to-device copy that building a constant takes, so the filters
+    and weights the ops and losses use are built once, on first use, and reused. They are built outside
+    inference mode: a cached inference tensor could not be saved for any later backward.
+    """
+    @functools.lru_cache(maxsize=None)
+    @functools.wraps(build)
+    def cached(*args):
+        with torch.inference_mode(False):
+            return build(*args)
+
+    return cached
+
+
+@cached_constant
 def _shared_fir_filter_2d(dtype: torch.dtype, device) -> torch.Tensor:
-    """fir_filter_2d, one cached tensor per dtype and device, for the ops to read (never modify it): a
-    CUDA graph cannot capture the host-to-device copy that building it takes. Built outside inference
-    mode: a cached inference tensor could not be saved for any later backward."""
-    with torch.inference_mode(False):
-        taps = torch.tensor(_FIR_TAPS, dtype=dtype, device=device)
-        f = torch.outer(taps, taps)
-        return f / f.sum()
+    """fir_filter_2d, one cached tensor per dtype and device, for the ops to read (never modify it)."""
+    taps = torch.tensor(_FIR_TAPS, dtype=dtype, device=device)
+    f = torch.outer(taps, taps)
+    return f / f.sum()
 
 
 def upfirdn2d(x: torch.Tensor, f: torch.Tensor, *, up: int = 1, pad: Tuple[int, int, int, int] = (0, 0, 0, 0),

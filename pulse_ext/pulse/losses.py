@@ -5,7 +5,6 @@ restart's gradient is exactly the gradient it would get alone.
 """
 from __future__ import annotations
 
-import functools
 import math
 import re
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from pulse_ext import ops
+from pulse_ext.ops.reference import cached_constant
 
 LOSS_TERMS = ("L2", "L1", "GEOCROSS")
 DOWNSCALERS = ("area", "bicubic")
@@ -91,16 +91,13 @@ def bicubic_kernel(factor: int, dtype=torch.float32, device=None) -> torch.Tenso
     return _shared_bicubic_kernel(factor, dtype, device).clone()
 
 
-@functools.lru_cache(maxsize=None)
+@cached_constant
 def _shared_bicubic_kernel(factor: int, dtype, device) -> torch.Tensor:
-    """bicubic_kernel, one cached tensor per arguments, for the loss to read (never modify it): a CUDA
-    graph cannot capture the host-to-device copy that building it takes. Built outside inference mode
-    (see ops.reference._shared_fir_filter_2d)."""
+    """bicubic_kernel, one cached tensor per arguments, for the loss to read (never modify it)."""
     size = 4 * factor
     taps = [_bicubic_weight((i - math.floor(size / 2) + 0.5) / factor) for i in range(size)]
-    with torch.inference_mode(False):
-        k = torch.tensor(taps, dtype=torch.float64)
-        return (k / k.sum()).to(dtype=dtype, device=device)
+    k = torch.tensor(taps, dtype=torch.float64)
+    return (k / k.sum()).to(dtype=dtype, device=device)
 
 
 def bicubic_downscale(img: torch.Tensor, factor: int) -> torch.Tensor:
@@ -143,12 +140,10 @@ def area_weights(n_in: int, n_out: int) -> torch.Tensor:
     return overlap.clamp(min=0) * (n_out / n_in)
 
 
-@functools.lru_cache(maxsize=None)
+@cached_constant
 def _shared_area_weights(n_in: int, n_out: int, dtype, device) -> torch.Tensor:
-    """area_weights, one cached tensor per arguments (read only: a CUDA graph cannot capture building it;
-    built outside inference mode, see ops.reference._shared_fir_filter_2d)."""
-    with torch.inference_mode(False):
-        return area_weights(n_in, n_out).to(dtype=dtype, device=device)
+    """area_weights, one cached tensor per arguments, for the loss to read (never modify it)."""
+    return area_weights(n_in, n_out).to(dtype=dtype, device=device)
 
 
 def area_resample(img: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
