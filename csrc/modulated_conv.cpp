@@ -9,7 +9,10 @@
 #include <torch/library.h>
 
 #include <cstdlib>
+#include <list>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "backend.h"
 #include "winograd_filters.h"
@@ -51,8 +54,11 @@ void check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   TORCH_CHECK(up == 1 || up == 2, kOp, ": up must be 1 or 2, got ", up);
   const int64_t k = weight.size(2);
   TORCH_CHECK(padding >= 0, kOp, ": padding must be >= 0, got ", padding);
+  // The up=2 layer's FIR stage (common/fir_upsample.h) pads the transposed convolution's [2H+1, 2W+1]
+  // output by 1 per side, which is NVIDIA's conv2d_resample padding for k=3 only ((5 - k) / 2 in general);
+  // every StyleGAN2 checkpoint upsamples with 3x3 kernels, so other sizes are refused, not mis-shaped.
   if (up == 2)
-    TORCH_CHECK(k % 2 == 1 && padding == k / 2, kOp, ": up=2 needs an odd kernel and padding=k//2, got k=", k,
+    TORCH_CHECK(k == 3 && padding == 1, kOp, ": up=2 needs a 3x3 kernel and padding=1, got k=", k,
                 ", padding=", padding);
   check_like(weight, x, kOp, "weight");
   check_like(styles, x, kOp, "styles");
@@ -79,6 +85,59 @@ bool cuda_igemm_applies(const at::Tensor& x, int64_t k, int64_t padding, ConvDty
   return *conv_dtype == at::kBFloat16 && x.scalar_type() == at::kFloat && cuda::igemm_bf16_supported(x.get_device());
 }
 
+// The tensor-core kernel's weight: bf16, tap-major [Cout, k, k, Cin] (its K steps are channels of one
+// tap), of weight or, for the data gradient (adjoint), of weight flipped and transposed. PULSE convolves
+// with the same frozen weights thousands of times, so the copies are kept per weight *version*: an
+// entry holds a weak reference to the weight's TensorImpl (so its address cannot be reused while the
+// entry lives) and the version counter it was made at, which every in-place change through autograd-
+// visible ops (optimizer steps, copy_, load_state_dict) bumps. Writes through .data are not seen: a
+// caller mutating weights that way while using conv_dtype=bfloat16 on CUDA must not rely on this path.
+class Bf16WeightCache {
+ public:
+  at::Tensor get(const at::Tensor& weight, bool adjoint) {
+    const c10::TensorImpl* impl = weight.unsafeGetTensorImpl();
+    const uint32_t version = weight._version();
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto it = entries_.begin(); it != entries_.end();) {
+      if (it->owner.expired()) {  // the weight is gone: so is its copy
+        it = entries_.erase(it);
+        continue;
+      }
+      if (it->impl == impl && it->adjoint == adjoint && it->version == version && it->sizes == weight.sizes() &&
+          it->strides == weight.strides() && it->storage_offset == weight.storage_offset())
+        return it->taps;
+      ++it;
+    }
+    const at::Tensor oriented = adjoint ? weight.flip({2, 3}).transpose(0, 1) : weight;
+    at::Tensor taps = oriented.permute({0, 2, 3, 1}).to(at::kBFloat16).contiguous();
+    // One entry per weight and direction: an older version of it is replaced, not kept.
+    entries_.remove_if([&](const Entry& e) { return e.impl == impl && e.adjoint == adjoint; });
+    entries_.push_front(Entry{c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(weight.getIntrusivePtr()), impl, adjoint,
+                              version, weight.sizes().vec(), weight.strides().vec(), weight.storage_offset(), taps});
+    while (entries_.size() > kMaxEntries) entries_.pop_back();
+    return taps;
+  }
+
+ private:
+  static constexpr size_t kMaxEntries = 256;  // config-f at 1024 px has 17 modulated 3x3 layers, 2 directions
+  struct Entry {
+    c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl> owner;
+    const c10::TensorImpl* impl;
+    bool adjoint;
+    uint32_t version;
+    std::vector<int64_t> sizes, strides;
+    int64_t storage_offset;
+    at::Tensor taps;
+  };
+  std::mutex mutex_;
+  std::list<Entry> entries_;
+};
+
+at::Tensor bf16_weight_taps(const at::Tensor& weight, bool adjoint) {
+  static Bf16WeightCache cache;
+  return cache.get(weight, adjoint);
+}
+
 template <typename T>
 ModConvArgs<T> igemm_args(const at::Tensor& x, const T* weight, const std::optional<at::Tensor>& styles,
                           const std::optional<at::Tensor>& demod, const at::Tensor& y, int64_t k, int64_t padding) {
@@ -86,21 +145,23 @@ ModConvArgs<T> igemm_args(const at::Tensor& x, const T* weight, const std::optio
           int(x.size(2)), int(x.size(3)), int(y.size(1)), int(k), int(padding), int(y.size(2)), int(y.size(3))};
 }
 
-// demod * conv(x * styles, weight) by an implicit-GEMM kernel: x contiguous NCHW, weight [Cout, Cin, k, k]
-// (any strides), styles [N, Cin] / demod [N, Cout] contiguous or absent (= 1); stride 1.
-at::Tensor cuda_igemm_conv(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& styles,
-                           const std::optional<at::Tensor>& demod, int64_t padding, ConvDtype conv_dtype) {
+// demod * conv(x * styles, weight') by an implicit-GEMM kernel, where weight' is weight [Cout, Cin, k, k]
+// (any strides) or, for a data gradient (adjoint), weight flipped and transposed; x contiguous NCHW,
+// styles [N, Cin'] / demod [N, Cout'] contiguous or absent (= 1); stride 1.
+at::Tensor cuda_igemm_conv(const at::Tensor& x, const at::Tensor& weight, bool adjoint,
+                           const std::optional<at::Tensor>& styles, const std::optional<at::Tensor>& demod,
+                           int64_t padding, ConvDtype conv_dtype) {
   const int64_t k = weight.size(2), ho = x.size(2) + 2 * padding - k + 1, wo = x.size(3) + 2 * padding - k + 1;
-  at::Tensor y = at::empty({x.size(0), weight.size(0), ho, wo}, x.options());
+  const int64_t cout = adjoint ? weight.size(1) : weight.size(0);
+  at::Tensor y = at::empty({x.size(0), cout, ho, wo}, x.options());
   if (y.numel() == 0) return y;
   if (conv_dtype && *conv_dtype != x.scalar_type()) {  // bf16 on tensor cores, x float32 (cuda_igemm_applies)
-    // The tensor-core kernel reads the weight tap-major ([Cout, k, k, Cin]): its K steps are channels of one tap.
-    const at::Tensor w_taps = weight.permute({0, 2, 3, 1}).to(at::kBFloat16).contiguous();
+    const at::Tensor w_taps = bf16_weight_taps(weight, adjoint);
     PULSE_CALL_CUDA(x, modulated_conv2d_igemm_bf16, igemm_args<float>(x, nullptr, styles, demod, y, k, padding),
                     reinterpret_cast<const uint16_t*>(w_taps.const_data_ptr<at::BFloat16>()), y.data_ptr<float>());
     return y;
   }
-  const at::Tensor w = weight.contiguous();
+  const at::Tensor w = (adjoint ? weight.flip({2, 3}).transpose(0, 1) : weight).contiguous();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "modulated_conv2d_igemm", [&] {
     PULSE_CALL_CUDA(x, modulated_conv2d_igemm<scalar_t>,
                     igemm_args<scalar_t>(x, w.const_data_ptr<scalar_t>(), styles, demod, y, k, padding),
@@ -127,7 +188,7 @@ at::Tensor modulated_conv2d_generic(const at::Tensor& x_c, const at::Tensor& wei
   const at::Tensor& x = x_c;
 #ifdef PULSE_EXT_WITH_CUDA
   if (up == 1 && cuda_igemm_applies(x, weight.size(2), padding, conv_dtype))
-    return cuda_igemm_conv(x_c, weight, styles_c, demod_c, padding, conv_dtype);
+    return cuda_igemm_conv(x_c, weight, /*adjoint=*/false, styles_c, demod_c, padding, conv_dtype);
 #endif
   at::Tensor xs = at::empty_like(x_c);
   if (x.numel() > 0) scale_channels(x_c, styles_c, xs);
@@ -155,17 +216,17 @@ at::Tensor modulated_conv2d_generic(const at::Tensor& x_c, const at::Tensor& wei
 
 // The data gradient of the library convolution (and, for up=2, of the FIR filter after it) wrt its
 // style-scaled input, from grad [N, Cout, Ho, Wo] (contiguous in `format`: NCHW, or NHWC on the CPU's
-// channels-last path); in conv_dtype when given.
+// channels-last path); in conv_dtype when given. Each is one forward library call on grad alone (no
+// input-shaped dummy for convolution_backward to read the shape from): the adjoint of a stride-1
+// convolution is the transposed convolution with the same weight and padding, whose output is exactly
+// [H, W] (Ho = H + 2p - k + 1); the adjoint of the up=2 layer's stride-2 transposed convolution is the
+// stride-2 convolution with the same [Cin, Cout, k, k] weight, from [2H+1, 2W+1] back to [H, W].
 at::Tensor library_conv_data_grad(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, int64_t up,
                                   int64_t padding, ConvDtype conv_dtype, at::MemoryFormat format) {
-  // The convolution's data gradient reads only the input's shape, layout and dtype.
-  const at::Tensor input_like =
-      at::empty(x.sizes(), x.options().dtype(conv_dtype.value_or(x.scalar_type())).memory_format(format));
   const at::Tensor weight_conv = to_conv(weight, conv_dtype);
   if (up == 1)
-    return std::get<0>(at::convolution_backward(to_conv(grad, conv_dtype), input_like, weight_conv, std::nullopt,
-                                                {1, 1}, {padding, padding}, {1, 1}, false, {0, 0}, 1,
-                                                {true, false, false}));
+    return at::convolution(to_conv(grad, conv_dtype), weight_conv, std::nullopt, {1, 1}, {padding, padding}, {1, 1},
+                           true, {0, 0}, 1);
   const int64_t n = grad.size(0), c = grad.size(1), ht = grad.size(2) + 1, wt = grad.size(3) + 1;
   at::Tensor grad_t = at::empty({n, c, ht, wt}, x.options().memory_format(format));
   if (grad_t.numel() > 0) {
@@ -178,9 +239,8 @@ at::Tensor library_conv_data_grad(const at::Tensor& grad, const at::Tensor& x, c
                            grad_t.data_ptr<scalar_t>(), n * c, ht, wt);
     });
   }
-  return std::get<0>(at::convolution_backward(to_conv(grad_t, conv_dtype), input_like, weight_conv.transpose(0, 1),
-                                              std::nullopt, {2, 2}, {0, 0}, {1, 1}, true, {0, 0}, 1,
-                                              {true, false, false}));
+  return at::convolution(to_conv(grad_t, conv_dtype), weight_conv.transpose(0, 1), std::nullopt, {2, 2}, {0, 0},
+                         {1, 1}, false, {0, 0}, 1);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_generic(
@@ -211,8 +271,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_generic
   if (up == 1 && cuda_igemm_applies(x, k, padding, conv_dtype)) {
     // The data gradient of a stride-1 convolution is one with the flipped, transposed weight and
     // padding k - 1 - padding; the styles are applied below, and demod already was.
-    grad_xs = cuda_igemm_conv(grad_c, weight.flip({2, 3}).transpose(0, 1), std::nullopt, std::nullopt,
-                              k - 1 - padding, conv_dtype);
+    grad_xs = cuda_igemm_conv(grad_c, weight, /*adjoint=*/true, std::nullopt, std::nullopt, k - 1 - padding,
+                              conv_dtype);
   }
 #endif
   if (!grad_xs.defined())

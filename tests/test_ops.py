@@ -335,6 +335,49 @@ def test_modulated_conv2d_without_padding(monkeypatch, device, backend, conv_dty
             assert _relative_max_diff(fused, ref) < 2e-2
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("k", [1, 5])
+def test_modulated_conv2d_up2_refuses_kernels_other_than_3x3(device, k):
+    """The up=2 layer's FIR stage pads for a 3x3 kernel only: other sizes used to come out 6x6 (k=1) or
+    10x10 (k=5) from a 4x4 input where the reference gives 8x8. One rule, refused everywhere."""
+    x, weight, styles = make_modconv_inputs(2, 4, 5, 4, k, device)
+    message = rf"up=2 needs a 3x3 kernel and padding=1, got k={k}, padding={k // 2}"
+    for impl in ("fused", "reference"):
+        with pytest.raises(ValueError, match=message):
+            ops.modulated_conv2d(x, weight, styles, up=2, impl=impl)
+    with pytest.raises(RuntimeError, match=message):  # the registered op, called directly
+        torch.ops.pulse_ext.modulated_conv2d(x, weight, styles, None, 2, k // 2)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode() as mode, pytest.raises(ValueError, match=message):
+        fake = [mode.from_tensor(t) for t in (x, weight, styles)]
+        torch.ops.pulse_ext.modulated_conv2d(*fake, None, 2, k // 2)
+    from pulse_ext.stylegan2.networks import SynthesisLayer
+    with pytest.raises(ValueError, match=r"up=2 needs kernel_size=3, got 5"):
+        SynthesisLayer(4, 4, w_dim=8, resolution=8, kernel_size=5, up=2)
+
+
+@pytest.mark.parametrize("up", [1, 2])
+@pytest.mark.parametrize("cpu_path", ["nhwc-onednn", "nchw"])
+def test_modulated_conv2d_backward_allocates_no_input_sized_dummy(monkeypatch, up, cpu_path):
+    """The data gradient needs no tensor of the input's size besides the gradients themselves: the
+    backward allocates grad_x and grad_xs (2 x x's bytes) and output-sized buffers (the demodulated
+    gradient, and for up=2 the FIR's adjoint and the transposed convolution's intermediate), nothing
+    else of x's size -- the input-shaped dummy convolution_backward once needed was 1 x x more (32
+    restarts x 32 channels at 1024^2 in fp32: 4.3 GB). Counted by the profiler's CPU allocations."""
+    from torch.profiler import ProfilerActivity, profile
+    use_cpu_path(monkeypatch, "cpu", cpu_path)
+    x, weight, styles = make_modconv_inputs(2, 64, 4, 32, 3, "cpu")
+    if cpu_path != "nchw":
+        x = x.contiguous(memory_format=torch.channels_last)  # as the generator's layers pass it: no copy
+    x, styles = leaves(x, styles)
+    y = ops.modulated_conv2d(x, weight, styles, up=up, impl="fused")
+    grad = torch.randn_like(y)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        torch.autograd.grad(y, [x, styles], grad)
+    allocated = sum(max(event.self_cpu_memory_usage, 0) for event in prof.events())
+    assert allocated <= 2 * x.nbytes + 4 * y.nbytes + (64 << 10), (allocated / x.nbytes, y.nbytes / x.nbytes)
+
+
 @pytest.mark.skipif(CUDA_SKIP_REASON is not None, reason=CUDA_SKIP_REASON or "")
 def test_unknown_cuda_conv_backend_is_reported(monkeypatch):
     x, weight, styles = make_modconv_inputs(2, 3, 4, 5, 3, "cuda")
@@ -611,3 +654,118 @@ def test_fused_rejects_unsupported_dtype_and_auto_falls_back():
     with pytest.raises(RuntimeError, match=r"support float32 and float64, got torch.bfloat16"):
         ops.noise_bias_act(x, impl="fused")
     torch.testing.assert_close(ops.noise_bias_act(x), reference.noise_bias_act(x))
+
+
+# ---- Large shapes on CUDA (run by benchmarks/gpu_check.sh; the sanitizer runs their small cases above).
+# Indexing past 2^31 elements, grids at their largest, wide rows: what no small case reaches. Each is
+# checked against the reference slice by slice, so the reference's own temporaries stay small.
+
+def _assert_close_by_sample(fused, reference_of_sample, tol):
+    for i in range(fused.shape[0]):
+        torch.testing.assert_close(fused[i:i + 1], reference_of_sample(i), **tol)
+
+
+@pytest.mark.skipif(CUDA_SKIP_REASON is not None, reason=CUDA_SKIP_REASON or "")
+def test_large_cuda_noise_bias_act_past_2_31_elements():
+    """[64, 32, 1024, 1024] fp32 (2^31 elements, 8.6 GB): forward and the data gradient."""
+    n, c, h = 64, 32, 1024
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(n, c, h, h, device="cuda", generator=g)
+    noise = torch.randn(n, 1, h, h, device="cuda", generator=g)
+    strength, bias = torch.tensor(0.3, device="cuda"), torch.randn(c, device="cuda", generator=g)
+    demod = torch.rand(n, c, device="cuda", generator=g) + 0.5
+    x.requires_grad_(True)
+    y = ops.noise_bias_act(x, noise, strength, bias, demod=demod, clamp=256.0, impl="fused")
+    with torch.no_grad():
+        _assert_close_by_sample(y, lambda i: reference.noise_bias_act(
+            x[i:i + 1], noise[i:i + 1], strength, bias, demod=demod[i:i + 1], clamp=256.0), ELEMENTWISE_TOL)
+    grad_out = y.detach()  # any gradient will do; reusing y's memory keeps the peak at ~4 x 8.6 GB
+    del y
+    (grad_x,) = torch.autograd.grad(ops.noise_bias_act(x, noise, strength, bias, demod=demod, clamp=256.0,
+                                                       impl="fused"), [x], grad_out)
+    for i in (0, n // 2, n - 1):  # the first, middle and last samples: past 2^31 elements in the last
+        xi = x[i:i + 1].detach().requires_grad_(True)
+        yi = reference.noise_bias_act(xi, noise[i:i + 1], strength, bias, demod=demod[i:i + 1], clamp=256.0)
+        (ref,) = torch.autograd.grad(yi, [xi], grad_out[i:i + 1])
+        torch.testing.assert_close(grad_x[i:i + 1], ref, **ELEMENTWISE_TOL)
+
+
+@pytest.mark.skipif(CUDA_SKIP_REASON is not None, reason=CUDA_SKIP_REASON or "")
+@pytest.mark.parametrize("conv_dtype", [None, torch.bfloat16])
+def test_large_cuda_implicit_gemm_at_2_26_pixels(monkeypatch, conv_dtype):
+    """M = N * H * W = 2^26 output pixels (64 restarts at 1024^2): the implicit-GEMM kernels' largest grid,
+    forward and data gradient, against cuDNN on the same inputs."""
+    if conv_dtype is not None and torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("bf16 tensor cores need compute capability 8.0 or newer")
+    x, weight, styles = make_modconv_inputs(64, 4, 4, 1024, 3, "cuda")
+    results = {}
+    for backend in ("igemm", "cudnn"):
+        monkeypatch.setenv("PULSE_EXT_CUDA_CONV", backend)
+        xi, si = leaves(x, styles)
+        y = ops.modulated_conv2d(xi, weight, si, conv_dtype=conv_dtype, impl="fused")
+        results[backend] = (y.detach(), *torch.autograd.grad(y, [xi, si], torch.ones_like(y)))
+        del y, xi, si
+    for ours, theirs in zip(results["igemm"], results["cudnn"]):
+        if conv_dtype is None:
+            torch.testing.assert_close(ours, theirs, **CONV_TOL)
+        else:
+            assert _relative_max_diff(ours, theirs) < 2e-2
+
+
+@pytest.mark.skipif(CUDA_SKIP_REASON is not None, reason=CUDA_SKIP_REASON or "")
+@pytest.mark.parametrize("backend, conv_dtype", [("cudnn", None), ("igemm", None), ("igemm", torch.bfloat16)])
+def test_large_cuda_512_channels_at_4x4_with_64_restarts(monkeypatch, backend, conv_dtype):
+    """config-f's first layers: 512 x 512 channels at 4x4 (K = 4608, many K steps, few pixels), 64 restarts."""
+    if conv_dtype is not None and torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("bf16 tensor cores need compute capability 8.0 or newer")
+    monkeypatch.setenv("PULSE_EXT_CUDA_CONV", backend)
+    x, weight, styles = make_modconv_inputs(64, 512, 512, 4, 3, "cuda")
+    if conv_dtype is None:
+        assert_modconv_matches_reference(x, weight, styles, True, 1)
+        assert_modconv_matches_reference(x, weight, styles, True, 2)
+        return
+    y = ops.modulated_conv2d(x, weight, styles, conv_dtype=conv_dtype, impl="fused")
+    assert _relative_max_diff(y, ops.modulated_conv2d(x, weight, styles, conv_dtype=conv_dtype,
+                                                      impl="reference")) < 2e-2
+
+
+@pytest.mark.skipif(CUDA_SKIP_REASON is not None, reason=CUDA_SKIP_REASON or "")
+def test_large_cuda_area_downscale_loss_wide_rows():
+    """One block holds a row of column sums in shared memory: W = 12,288 fp32 (48 KB, which with the
+    kernel's static shared memory used to fail at launch) runs, and a width past the device's limit is
+    refused with a message naming the width, not a launch failure."""
+    img = torch.rand(1, 1, 2, 12288, device="cuda")
+    target = torch.rand(1, 1, 1, 3072, device="cuda")
+    for fused, ref in zip(ops.area_downscale_loss(img, target, impl="fused"),
+                          ops.area_downscale_loss(img, target, impl="reference")):
+        torch.testing.assert_close(fused, ref, **ELEMENTWISE_TOL)
+    too_wide = torch.rand(1, 1, 1, 1 << 16, device="cuda", dtype=torch.float64)  # 512 KB of column sums
+    with pytest.raises(RuntimeError, match=r"image width of 65536 \(8-byte elements\) needs 524288 bytes"):
+        ops.area_downscale_loss(too_wide, torch.rand(1, 1, 1, 1 << 14, device="cuda", dtype=torch.float64),
+                                impl="fused")
+
+
+@pytest.mark.skipif(CUDA_SKIP_REASON is not None, reason=CUDA_SKIP_REASON or "")
+@pytest.mark.skipif(CUDA_SKIP_REASON is None and torch.cuda.get_device_capability()[0] < 8,
+                    reason="bf16 tensor cores need compute capability 8.0 or newer")
+def test_cuda_bf16_weight_copy_follows_in_place_changes(monkeypatch):
+    """The tensor-core kernel's bf16 weight copy is cached per weight version: changing the weight in
+    place (as an optimizer step or load_state_dict does) must give the new weight's result, forward and
+    data gradient."""
+    monkeypatch.setenv("PULSE_EXT_CUDA_CONV", "igemm")
+    x, weight, styles = make_modconv_inputs(2, 16, 8, 8, 3, "cuda")
+    def run():
+        xi = x.clone().requires_grad_(True)
+        y = ops.modulated_conv2d(xi, weight, styles, conv_dtype=torch.bfloat16, impl="fused")
+        return y.detach(), torch.autograd.grad(y, [xi], torch.ones_like(y))[0]
+    def expected():
+        xi = x.clone().requires_grad_(True)
+        y = ops.modulated_conv2d(xi, weight, styles, conv_dtype=torch.bfloat16, impl="reference")
+        return y.detach(), torch.autograd.grad(y, [xi], torch.ones_like(y))[0]
+    first = run()
+    assert all(_relative_max_diff(a, b) < 2e-2 for a, b in zip(first, expected()))
+    with torch.no_grad():
+        weight.mul_(-2.0).add_(0.5)
+    second = run()
+    assert all(_relative_max_diff(a, b) < 2e-2 for a, b in zip(second, expected()))
+    assert not torch.allclose(first[0], second[0])

@@ -23,6 +23,17 @@ def demodulation_coefficients(weight: torch.Tensor, styles: torch.Tensor) -> tor
                        styles.square(), weight.to(styles.dtype).square().sum(dim=(2, 3)).t()).rsqrt()
 
 
+def check_upsampling_kernel(k: int, up: int, padding: int) -> None:
+    """Refuses an up=2 layer whose kernel is not 3x3 with padding 1, as csrc/modulated_conv.cpp does.
+
+    The fused FIR stage pads the transposed convolution's [2H+1, 2W+1] output by 1 per side, which is
+    NVIDIA's conv2d_resample padding for k=3 only; every StyleGAN2 checkpoint upsamples with 3x3 kernels.
+    """
+    if up == 2:
+        check(k == 3 and padding == 1,
+              lambda: f"modulated_conv2d: up=2 needs a 3x3 kernel and padding=1, got k={k}, padding={padding}")
+
+
 def _validate(x, weight, styles, up, padding) -> int:
     check(x.dim() == 4, lambda: f"modulated_conv2d: x must be [N, Cin, H, W], got shape {list(x.shape)}")
     check(weight.dim() == 4 and weight.shape[2] == weight.shape[3],
@@ -36,10 +47,7 @@ def _validate(x, weight, styles, up, padding) -> int:
     k = weight.shape[-1]
     if padding is None:
         padding = k // 2
-    if up == 2:
-        check(k % 2 == 1 and padding == k // 2,
-              lambda: f"modulated_conv2d: up=2 needs an odd kernel and padding=k//2={k // 2}, "
-                      f"got k={k}, padding={padding}")
+    check_upsampling_kernel(k, up, padding)
     check(padding >= 0, lambda: f"modulated_conv2d: padding must be >= 0, got {padding}")
     for name, t in (("weight", weight), ("styles", styles)):
         check(t.device == x.device, lambda: f"modulated_conv2d: {name} is on {t.device} but x is on {x.device}")
@@ -66,6 +74,7 @@ def _cpu_output_is_channels_last(x, weight, up, padding):
 
 @_register_fake("pulse_ext::modulated_conv2d")
 def _modulated_conv2d_fake(x, weight, styles, demod, up, padding, conv_dtype=None):
+    check_upsampling_kernel(weight.shape[-1], up, padding)
     oh, ow = _output_size(x, weight, up, padding)
     y = x.new_empty((x.shape[0], weight.shape[0], oh, ow))
     return y.contiguous(memory_format=torch.channels_last) if _cpu_output_is_channels_last(x, weight, up, padding) else y
@@ -101,7 +110,7 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
             (float32/float64 for the fused kernels, CPU or CUDA).
         demodulate: apply d computed from weight and styles (StyleGAN2 conv layers; toRGB does not).
         up: 1 or 2.
-        padding: defaults to k // 2 ("same"); with up=2 it must be k // 2.
+        padding: defaults to k // 2 ("same"); up=2 needs k = 3 and padding 1 (StyleGAN2's upsampling layer).
         demod: precomputed [N, Cout] coefficients to use instead of computing them (needs demodulate).
         conv_dtype: None, or a floating dtype (e.g. torch.bfloat16) the convolution itself runs in: its
             operands are rounded to it and its result (accumulated in fp32 by oneDNN/cuDNN) cast back to

@@ -244,6 +244,8 @@ class SynthesisLayer(torch.nn.Module):
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"SynthesisLayer: kernel_size must be odd, got {kernel_size}")
+        if up == 2 and kernel_size != 3:  # as ops.modulated_conv2d: every StyleGAN2 checkpoint upsamples 3x3
+            raise ValueError(f"SynthesisLayer: up=2 needs kernel_size=3, got {kernel_size}")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.resolution = resolution
