@@ -59,10 +59,11 @@ __global__ void backward_kernel(const T* __restrict__ diff, const T* __restrict_
 template <typename T>
 void area_downscale_forward(const AreaDownscaleArgs<T>& a, T* diff, T* sq_partial, T* abs_partial,
                             cudaStream_t stream) {
+  // One row of column sums per block: the image width bounds what the kernel can take.
   const size_t shared = size_t(a.W) * sizeof(T);
-  if (shared > 48 * 1024)
-    throw std::runtime_error("area_downscale_loss: image width " + std::to_string(a.W) +
-                             " is too wide for the CUDA kernel (at most " + std::to_string(48 * 1024 / sizeof(T)) + ")");
+  reserve_dynamic_shared(forward_kernel<T>, shared,
+                         "area_downscale_loss: an image width of " + std::to_string(a.W) + " (" +
+                             std::to_string(sizeof(T)) + "-byte elements)");
   forward_kernel<T><<<static_cast<unsigned int>(a.N * a.C * a.h), kThreads, shared, stream>>>(a, diff, sq_partial,
                                                                                               abs_partial);
   check_launch("area_downscale_forward");

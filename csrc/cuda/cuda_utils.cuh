@@ -25,6 +25,33 @@ inline unsigned int grid_for(int64_t n) {
   return static_cast<unsigned int>(blocks < 1 ? 1 : (blocks > cap ? cap : blocks));
 }
 
+// Lets `kernel` launch with `dynamic_bytes` of dynamic shared memory on the current device, or throws
+// naming `what` and the largest size that fits. The limit is the device's opt-in maximum per block less
+// the kernel's own static shared memory (e.g. block_sum's partials); above the default 48 KB the kernel
+// is opted in, as CUDA requires.
+template <typename Kernel>
+void reserve_dynamic_shared(Kernel kernel, size_t dynamic_bytes, const std::string& what) {
+  int device = 0, optin_bytes = 0;
+  cudaFuncAttributes attributes{};
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin_bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess ||
+      cudaFuncGetAttributes(&attributes, kernel) != cudaSuccess)
+    throw std::runtime_error(what + ": could not query the device's shared-memory limits: " +
+                             cudaGetErrorString(cudaGetLastError()));
+  const size_t available = size_t(optin_bytes) > attributes.sharedSizeBytes
+                               ? size_t(optin_bytes) - attributes.sharedSizeBytes : 0;
+  if (dynamic_bytes > available)
+    throw std::runtime_error(what + " needs " + std::to_string(dynamic_bytes) + " bytes of shared memory per block; "
+                             "this device allows " + std::to_string(available) + " (" + std::to_string(optin_bytes) +
+                             " per block less the kernel's " + std::to_string(attributes.sharedSizeBytes) +
+                             " static)");
+  constexpr size_t kDefaultDynamicLimit = 48 * 1024;
+  if (dynamic_bytes + attributes.sharedSizeBytes > kDefaultDynamicLimit &&
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(dynamic_bytes)) != cudaSuccess)
+    throw std::runtime_error(what + ": could not opt in to " + std::to_string(dynamic_bytes) +
+                             " bytes of dynamic shared memory: " + cudaGetErrorString(cudaGetLastError()));
+}
+
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
 #pragma unroll

@@ -17,11 +17,18 @@ constexpr int kTileM = 64, kTileN = 64, kTileK = 16, kRegM = 4, kRegN = 4;
 constexpr int kThreadsM = kTileM / kRegM, kThreadsN = kTileN / kRegN;  // 16 x 16 = 256 threads
 static_assert(kThreadsM * kThreadsN == kThreads, "one thread per register tile");
 
+// Each thread loads operand A for one fixed pixel of the tile (kThreads is a multiple of kTileM) and
+// operand B for one fixed K offset (kThreads is a multiple of kTileK), so the pixel's coordinates are
+// decoded once, not per element and K step.
+static_assert(kThreads % kTileM == 0 && kThreads % kTileK == 0, "fixed per-thread load coordinates");
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
 modconv_igemm_kernel(ModConvArgs<T> a, T* __restrict__ y) {
   __shared__ T tile_x[kTileK][kTileM];
-  __shared__ T tile_w[kTileK][kTileN];
+  // One column of padding: the B store below writes 16 K offsets of one column per half-warp, which
+  // without it all fall in one bank (a 16-way conflict).
+  __shared__ T tile_w[kTileK][kTileN + 1];
   const int64_t P = int64_t(a.Ho) * a.Wo, M = a.N * P;
   const int K = a.Cin * a.k * a.k, kk2 = a.k * a.k;
   const int tid = threadIdx.x, tm = tid % kThreadsM, tn = tid / kThreadsM;
@@ -33,29 +40,43 @@ modconv_igemm_kernel(ModConvArgs<T> a, T* __restrict__ y) {
 #pragma unroll
     for (int j = 0; j < kRegN; ++j) acc[i][j] = T(0);
 
+  // Operand A's pixel: consecutive threads take consecutive pixels (coalesced along the image row).
+  const int a_mm = tid % kTileM, a_kk0 = tid / kTileM;
+  const int64_t a_m = m0 + a_mm;
+  const bool a_pixel_valid = a_m < M;
+  int64_t a_n = 0;
+  int a_oh = 0, a_ow = 0;
+  if (a_pixel_valid) {
+    a_n = a_m / P;
+    const int p = int(a_m - a_n * P);
+    a_oh = p / a.Wo;
+    a_ow = p - a_oh * a.Wo;
+  }
+  const T* a_plane0 = a.x + a_n * a.Cin * int64_t(a.H) * a.W;  // sample a_n, channel 0
+  const T* a_styles = a.styles ? a.styles + a_n * a.Cin : nullptr;
+  // Operand B's K offset: the shared weight, read along its contiguous K dimension.
+  const int b_kk = tid % kTileK, b_nn0 = tid / kTileK;
+
   for (int k0 = 0; k0 < K; k0 += kTileK) {
-    // Operand A: consecutive threads take consecutive pixels (coalesced along the image row),
-    // scaled by the sample's style as they are loaded.
-    for (int e = tid; e < kTileK * kTileM; e += kThreads) {
-      const int kk = e / kTileM, mm = e % kTileM;
-      const int64_t m = m0 + mm;
+    // Operand A, scaled by the sample's style as it is loaded.
+#pragma unroll
+    for (int kk = a_kk0; kk < kTileK; kk += kThreads / kTileM) {
       const int kidx = k0 + kk;
       T v = T(0);
-      if (m < M && kidx < K) {
-        const int64_t n = m / P;
-        const int p = int(m - n * P), oh = p / a.Wo, ow = p % a.Wo;
-        const int ci = kidx / kk2, r = kidx % kk2;
-        const int ih = oh + r / a.k - a.pad, iw = ow + r % a.k - a.pad;
+      if (a_pixel_valid && kidx < K) {
+        const int ci = kidx / kk2, r = kidx - ci * kk2, kh = r / a.k;
+        const int ih = a_oh + kh - a.pad, iw = a_ow + (r - kh * a.k) - a.pad;
         if (ih >= 0 && ih < a.H && iw >= 0 && iw < a.W)
-          v = a.x[((n * a.Cin + ci) * a.H + ih) * a.W + iw] * (a.styles ? a.styles[n * a.Cin + ci] : T(1));
+          v = a_plane0[(int64_t(ci) * a.H + ih) * a.W + iw] * (a_styles ? a_styles[ci] : T(1));
       }
-      tile_x[kk][mm] = v;
+      tile_x[kk][a_mm] = v;
     }
-    // Operand B: the shared weight, read along its contiguous K dimension.
-    for (int e = tid; e < kTileK * kTileN; e += kThreads) {
-      const int kk = e % kTileK, nn = e / kTileK;
-      const int co = n0 + nn, kidx = k0 + kk;
-      tile_w[kk][nn] = (co < a.Cout && kidx < K) ? a.weight[int64_t(co) * K + kidx] : T(0);
+    // Operand B.
+    const int b_kidx = k0 + b_kk;
+#pragma unroll
+    for (int nn = b_nn0; nn < kTileN; nn += kThreads / kTileK) {
+      const int co = n0 + nn;
+      tile_w[b_kk][nn] = (co < a.Cout && b_kidx < K) ? a.weight[int64_t(co) * K + b_kidx] : T(0);
     }
     __syncthreads();
 #pragma unroll

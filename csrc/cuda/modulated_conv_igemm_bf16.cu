@@ -16,6 +16,8 @@
 #include <cuda_bf16.h>
 #include <mma.h>
 
+#include <mutex>
+
 #include "../kernels.h"
 #include "cuda_utils.cuh"
 
@@ -129,7 +131,8 @@ modconv_igemm_bf16_kernel(ModConvArgs<float> a, const __nv_bfloat16* __restrict_
 
 }  // namespace
 
-bool igemm_bf16_supported(int device_index) {
+namespace {
+bool query_igemm_bf16_supported(int device_index) {
   // The device must have bf16 tensor cores, and the code loaded for it must have been built for them
   // (a build with only older targets would run the kernel's __trap branch).
   int major = 0;
@@ -140,6 +143,17 @@ bool igemm_bf16_supported(int device_index) {
     return false;
   }
   return major >= 8 && attributes.binaryVersion >= 80;
+}
+}  // namespace
+
+bool igemm_bf16_supported(int device_index) {
+  // Asked on every bf16 convolution: the answer per device is fixed for the process, so it is queried once.
+  constexpr int kMaxDevices = 64;
+  static std::once_flag queried[kMaxDevices];
+  static bool supported[kMaxDevices];
+  if (device_index < 0 || device_index >= kMaxDevices) return query_igemm_bf16_supported(device_index);
+  std::call_once(queried[device_index], [&] { supported[device_index] = query_igemm_bf16_supported(device_index); });
+  return supported[device_index];
 }
 
 void modulated_conv2d_igemm_bf16(const ModConvArgs<float>& a, const uint16_t* weight_taps_bf16, float* y,
