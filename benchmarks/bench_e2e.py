@@ -298,6 +298,11 @@ def time_cli(generator, threads) -> dict:
 
 # ------------------------------------------------------------------------------------------ main modes
 
+# Appended to the notes of results written while a run is still going (after every configuration), so a
+# run stopped at its time limit keeps what it measured and says it is incomplete.
+PARTIAL_NOTE = " Partial: the run had not finished when this was written."
+
+
 def _ints(text):
     return [int(t) for t in str(text).split(",") if t.strip()]
 
@@ -317,6 +322,33 @@ def main_benchmark(args, device):
         limits["conv_tf32"] = bool(torch.backends.cudnn.allow_tf32)
     limit = limits["fp32_GFLOPs"]
     print("device limit:", limits, flush=True)
+    notes = [f"One step = PULSE.search's loop iteration (synthesis fwd from W+, area-downscale loss + GEOCROSS, "
+             f"backward wrt latents and trainable noise, spherical Adam), timed over `steps` after a warm-up search; "
+             f"threads={args.threads or torch.get_num_threads()}. Device limit measured in this run: "
+             + ", ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in limits.items())
+             + ". TFLOP/s from benchmarks/flops.py (step = 2 x forward MACs x 2 FLOP); pct_limit is against the "
+             "fp32 matmul (TF32 on CUDA when cudnn.allow_tf32). Both count a direct convolution's FLOPs: the CPU "
+             "fused path's Winograd layers multiply up to 4x less, so its rate is an effective one and can pass "
+             "100 %. fused_vs_X = time(X) / time(fused), side by side. "
+             "peak_mem_MB: " + ("torch.cuda.max_memory_allocated during the timed search, minus what was allocated "
+                                "before it" if device.type == "cuda" else
+                                "ru_maxrss of the configuration's own process minus its RSS before the first search "
+                                "(glibc default malloc unless variant says mallopt)")
+             + ". 64 = default generator shape (channel_base 2048, channel_max 128, w 256); 256/1024 = config-f "
+             "channel counts, random weights. max_rel_diff_vs_ref: images vs the reference path before timing."]
+    columns = ["size", "R", "path", "status", "s_per_step", "restart_steps_per_s", "TFLOPs", "pct_limit",
+               "peak_mem_MB", "fused_vs_fused_onednn", "fused_vs_reference", "fused_vs_grouped", "max_rel_diff_vs_ref",
+               "threads", "steps"]
+    name = "e2e" + (f"-{args.tag}" if args.tag else "")
+
+    def save(complete: bool) -> str:
+        """Results so far (JSON with the measured limits, and markdown): written after every configuration,
+        so a run stopped at its time limit keeps what it measured."""
+        status = "" if complete else PARTIAL_NOTE
+        path = write_results(name, device, rows, columns, "\n\n".join(notes) + status,
+                             extra={"limits": limits, "complete": complete})
+        return path
+
     rows = []
     measured = {}  # (size, path) -> (R, s_per_step) of the last configuration timed
     for size in args.sizes:
@@ -338,24 +370,11 @@ def main_benchmark(args, device):
                 by_path[path] = row
                 rows.append(row)
                 print({k: (float(f'{v:.4g}') if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+                save(complete=False)
             fused = by_path.get("fused", {}).get("s_per_step")
             for other in ("fused_onednn", "reference", "grouped"):
                 if fused and by_path.get(other, {}).get("s_per_step"):
                     by_path["fused"][f"fused_vs_{other}"] = by_path[other]["s_per_step"] / fused
-    notes = [f"One step = PULSE.search's loop iteration (synthesis fwd from W+, area-downscale loss + GEOCROSS, "
-             f"backward wrt latents and trainable noise, spherical Adam), timed over `steps` after a warm-up search; "
-             f"threads={args.threads or torch.get_num_threads()}. Device limit measured in this run: "
-             + ", ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in limits.items())
-             + ". TFLOP/s from benchmarks/flops.py (step = 2 x forward MACs x 2 FLOP); pct_limit is against the "
-             "fp32 matmul (TF32 on CUDA when cudnn.allow_tf32). Both count a direct convolution's FLOPs: the CPU "
-             "fused path's Winograd layers multiply up to 4x less, so its rate is an effective one and can pass "
-             "100 %. fused_vs_X = time(X) / time(fused), side by side. "
-             "peak_mem_MB: " + ("torch.cuda.max_memory_allocated during the timed search, minus what was allocated "
-                                "before it" if device.type == "cuda" else
-                                "ru_maxrss of the configuration's own process minus its RSS before the first search "
-                                "(glibc default malloc unless variant says mallopt)")
-             + ". 64 = default generator shape (channel_base 2048, channel_max 128, w 256); 256/1024 = config-f "
-             "channel counts, random weights. max_rel_diff_vs_ref: images vs the reference path before timing."]
     if args.cli and device.type == "cpu":
         generator = None if os.path.exists(os.path.join(HERE, "..", "pulse_ext", "weights", "default.safetensors")) \
             else DEFAULT_GENERATOR_64
@@ -365,25 +384,25 @@ def main_benchmark(args, device):
                      f"{cli['seconds']:.1f} s wall (exit {cli['rc']})"
                      + ("" if generator is None else " -- pulse_ext/weights/default.safetensors is not shipped yet, "
                         "so the training export was passed with --generator") + ".")
-    columns = ["size", "R", "path", "status", "s_per_step", "restart_steps_per_s", "TFLOPs", "pct_limit",
-               "peak_mem_MB", "fused_vs_fused_onednn", "fused_vs_reference", "fused_vs_grouped", "max_rel_diff_vs_ref",
-               "threads", "steps"]
-    name = "e2e" + (f"-{args.tag}" if args.tag else "")
-    path = write_results(name, device, rows, columns, "\n\n".join(notes))
-    json_path = path[:-3] + ".json"
-    if os.path.exists(json_path):  # add the measured limits to the JSON write_results made
-        with open(json_path) as f:
-            data = json.load(f)
-        data["limits"] = limits
-        with open(json_path, "w") as f:
-            json.dump(data, f, indent=1)
-    print("wrote", path)
+    print("wrote", save(complete=True))
     return rows
 
 
 def main_study(args, device):
     """Loop optimisations on/off, side by side, each in its own process (allocator settings are per process)."""
     rows = []
+    columns = ["size", "R", "path", "variant", "status", "s_per_step", "speedup_vs_base", "peak_mem_MB", "best_l2",
+               "base_best_l2", "max_img_diff_vs_base", "threads", "steps", "generator"]
+    notes = (f"Each variant in its own process, same seeds, {args.steps} steps after a 1-step warm-up; "
+             f"speedup_vs_base = s_per_step(base) / s_per_step(variant). mallopt: M_MMAP_MAX=0 + M_TRIM_THRESHOLD=2^31-1 "
+             f"via ctypes at process start. sync1: sync_every=1 (one host read per step) vs the default 5. "
+             f"channels_last: activations converted to channels_last before every modulated conv. bf16: "
+             f"PULSE(precision='bf16'): the 3x3 convolutions in bfloat16, then one fp32 render of the results "
+             f"(included in s_per_step); best_l2 / max_img_diff_vs_base compare the search result with the fp32 "
+             f"base run. cuda_graph: PULSE(cuda_graph=True), steps replayed from a CUDA graph (the first two "
+             f"after each capture point eager; captures included in s_per_step). no_tf32: cuDNN convolutions in "
+             f"exact fp32 (the base uses torch's default, TF32 on tensor-core GPUs): the accuracy check of TF32.")
+    name = "e2e-loop" + (f"-{args.tag}" if args.tag else "")
     sizes = args.sizes if args.sizes_given else [64, 256]
     for size in sizes:
         r = args.restarts[0] if args.restarts_given else (8 if size <= 64 else 1)
@@ -411,24 +430,21 @@ def main_study(args, device):
                         row["base_best_l2"] = base_row["best_l2"]
                 rows.append(row)
                 print({k: (float(f'{v:.4g}') if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
-    columns = ["size", "R", "path", "variant", "status", "s_per_step", "speedup_vs_base", "peak_mem_MB", "best_l2",
-               "base_best_l2", "max_img_diff_vs_base", "threads", "steps", "generator"]
-    notes = (f"Each variant in its own process, same seeds, {args.steps} steps after a 1-step warm-up; "
-             f"speedup_vs_base = s_per_step(base) / s_per_step(variant). mallopt: M_MMAP_MAX=0 + M_TRIM_THRESHOLD=2^31-1 "
-             f"via ctypes at process start. sync1: sync_every=1 (one host read per step) vs the default 5. "
-             f"channels_last: activations converted to channels_last before every modulated conv. bf16: "
-             f"PULSE(precision='bf16'): the 3x3 convolutions in bfloat16, then one fp32 render of the results "
-             f"(included in s_per_step); best_l2 / max_img_diff_vs_base compare the search result with the fp32 "
-             f"base run. cuda_graph: PULSE(cuda_graph=True), steps replayed from a CUDA graph (the first two "
-             f"after each capture point eager; captures included in s_per_step). no_tf32: cuDNN convolutions in "
-             f"exact fp32 (the base uses torch's default, TF32 on tensor-core GPUs): the accuracy check of TF32.")
-    path = write_results("e2e-loop" + (f"-{args.tag}" if args.tag else ""), device, rows, columns, notes)
+                write_results(name, device, rows, columns, notes + PARTIAL_NOTE, extra={"complete": False})
+    path = write_results(name, device, rows, columns, notes, extra={"complete": True})
     print("wrote", path)
 
 
 def main_progressive(args, device):
     """Full-resolution search vs search_resolution=s (+ a short full-resolution check/refinement)."""
     rows = []
+    columns = ["size", "R", "search_resolution", "precision", "refine_steps", "status", "steps", "search_s",
+               "speedup_vs_full", "best_l2", "full_best_l2", "converged", "threads", "generator"]
+    notes = ("Fused path, eps=2e-3 (converged restarts leave the batch), same seeds. search_s = whole search loop "
+             "(cheaper phase at search_resolution and/or bf16 convolutions + the full-resolution fp32 "
+             "check/refinement); best_l2 = the best restart's L2 of the FULL-resolution fp32 image, "
+             "area-downscaled, against the target; converged = restarts (of R) whose final fp32 L2 meets eps. Random-weight generators (256, 1024) do "
+             "not make faces: their L2 says how well the search fits a random 16x16 target, not image quality.")
     # (search_resolution or None, precision); the first is the full-resolution fp32 baseline.
     plans = {64: [(None, "fp32"), (None, "bf16"), (32, "fp32"), (16, "fp32"), (32, "bf16")],
              256: [(None, "fp32"), (None, "bf16"), (64, "fp32"), (32, "fp32")],
@@ -459,14 +475,8 @@ def main_progressive(args, device):
                     row["full_best_l2"] = base["best_l2"]
             rows.append(row)
             print({k: (float(f'{v:.4g}') if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
-    columns = ["size", "R", "search_resolution", "precision", "refine_steps", "status", "steps", "search_s",
-               "speedup_vs_full", "best_l2", "full_best_l2", "converged", "threads", "generator"]
-    notes = ("Fused path, eps=2e-3 (converged restarts leave the batch), same seeds. search_s = whole search loop "
-             "(cheaper phase at search_resolution and/or bf16 convolutions + the full-resolution fp32 "
-             "check/refinement); best_l2 = the best restart's L2 of the FULL-resolution fp32 image, "
-             "area-downscaled, against the target; converged = restarts (of R) whose final fp32 L2 meets eps. Random-weight generators (256, 1024) do "
-             "not make faces: their L2 says how well the search fits a random 16x16 target, not image quality.")
-    path = write_results("e2e-progressive", device, rows, columns, notes)
+            write_results("e2e-progressive", device, rows, columns, notes + PARTIAL_NOTE, extra={"complete": False})
+    path = write_results("e2e-progressive", device, rows, columns, notes, extra={"complete": True})
     print("wrote", path)
 
 

@@ -51,13 +51,23 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
-def write_results(name: str, device: torch.device, rows: list[dict], columns: list[str], notes: str = "") -> str:
-    """Write rows as JSON and as a markdown table under benchmarks/results/; returns the markdown path."""
+def _write_atomically(path: str, text: str) -> None:
+    """Write text to path via a temporary file and a rename: a run killed mid-write leaves the old file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_results(name: str, device: torch.device, rows: list[dict], columns: list[str], notes: str = "",
+                  extra: dict | None = None) -> str:
+    """Write rows as JSON (plus the keys of ``extra``) and as a markdown table under benchmarks/results/,
+    each file replaced atomically (benchmarks call this after every configuration); returns the markdown path."""
     os.makedirs(RESULTS_DIR, exist_ok=True)
     tag = f"{name}-{device.type}"
     info = machine_info(device)
-    with open(os.path.join(RESULTS_DIR, tag + ".json"), "w") as f:
-        json.dump({"machine": info, "rows": rows, "notes": notes}, f, indent=1)
+    _write_atomically(os.path.join(RESULTS_DIR, tag + ".json"),
+                      json.dumps({"machine": info, "rows": rows, "notes": notes, **(extra or {})}, indent=1))
     lines = [f"# {name} on {device.type}", "", "Machine: " + ", ".join(f"{k}={v}" for k, v in info.items()), ""]
     if notes:
         lines += [notes, ""]
@@ -70,6 +80,5 @@ def write_results(name: str, device: torch.device, rows: list[dict], columns: li
             cells.append(f"{v:.3g}" if isinstance(v, float) else str(v))
         lines.append("| " + " | ".join(cells) + " |")
     path = os.path.join(RESULTS_DIR, tag + ".md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    _write_atomically(path, "\n".join(lines) + "\n")
     return path

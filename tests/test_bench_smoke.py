@@ -43,7 +43,7 @@ def test_grouped_modconv_matches_reference(bench):
 
 
 def test_bench_e2e_tiny_run_paths_agree(bench, tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "write_results", lambda name, device, rows, columns, notes: str(tmp_path / f"{name}.md"))
+    monkeypatch.setattr(bench, "write_results", lambda name, device, rows, columns, notes, extra=None: str(tmp_path / f"{name}.md"))
     threads, cpu_conv = torch.get_num_threads(), os.environ.get("PULSE_EXT_CPU_CONV")
     try:
         rows = bench.main(["--device", "cpu", "--threads", "1", "--sizes", "16", "--restarts", "2", "--steps", "2",
