@@ -308,9 +308,9 @@ class FaceAligner:
 
 def align_path(path, aligner, size=16, **kwargs) -> List[AlignedFace]:
     """Read ``path`` as ``pulse-ext upscale`` does (EXIF rotation, any mode) and align its faces."""
-    from pulse_ext.cli_upscale import read_image
+    from pulse_ext.io import read_image
 
-    return aligner.align(read_image(str(path)), size, **kwargs)
+    return aligner.align(read_image(path), size, **kwargs)
 
 
 def face_names(stem, count):

@@ -159,40 +159,15 @@ def add_arguments(parser):
 # inputs
 
 def read_image(path, channels=3):
-    """Open ``path`` with PIL, apply its EXIF orientation, and return an RGB (or L) image."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
+    """``pulse_ext.io.read_image`` with its errors as the command line's one-line usage errors."""
     from pulse_ext.cli import UsageError
+    from pulse_ext.io import ImageReadError
+    from pulse_ext.io import read_image as read
 
-    if not os.path.exists(path):
-        raise UsageError(f"input not found: {path}")
-    if os.path.isdir(path):
-        raise UsageError(f"input is a folder, not an image: {path}")
     try:
-        with warnings.catch_warnings():
-            # PIL warns above MAX_IMAGE_PIXELS and raises above twice that: both are a refusal here.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
-                opened.load()
-                image = ImageOps.exif_transpose(opened)
-                if image is opened:
-                    image = opened.copy()
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        raise UsageError(f"cannot read {path}: more than {Image.MAX_IMAGE_PIXELS} pixels (PIL's decompression-bomb "
-                         f"limit, PIL.Image.MAX_IMAGE_PIXELS); shrink it first") from None
-    except UnidentifiedImageError:
-        raise UsageError(f"cannot read {path}: not an image format PIL knows") from None
-    except (OSError, ValueError, SyntaxError) as exc:  # truncated / corrupt files, unreadable files
-        raise UsageError(f"cannot read {path}: {exc}") from None
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # high bit-depth gray: scale to 8 bits
-        import numpy as np
-
-        array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if array.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(array / peak * 255 + 0.5, 0, 255).astype(np.uint8))
-    if image.mode in ("P", "PA", "LA", "RGBA", "La", "RGBa") and channels == 3:
-        image = image.convert("RGBA")  # honour palette transparency; alpha is then dropped
-    return image.convert("RGB" if channels == 3 else "L")
+        return read(path, channels)
+    except ImageReadError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def nearest_valid_size(size, resolution):

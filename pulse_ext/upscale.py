@@ -85,17 +85,21 @@ def image_to_tensor(image, channels: int = 3) -> torch.Tensor:
     """Convert one image to a float32 CPU tensor [1, channels, h, w] in [0, 1].
 
     Accepts a file path, a PIL image, a numpy array (uint8 HxW / HxWxC, or float HxW / HxWxC in
-    [0, 1]), or a tensor [C, h, w] / [1, C, h, w] (uint8, or float in [0, 1]). Alpha is dropped, gray is
-    repeated to RGB, RGB is reduced to luma for a 1-channel generator.
+    [0, 1]), or a tensor [C, h, w] / [1, C, h, w] (uint8, or float in [0, 1]). Files are read by
+    ``pulse_ext.io.read_image``, as the command line reads them (EXIF orientation, 16-bit and palette
+    images, PIL's decompression-bomb guard; ``ImageReadError`` otherwise); PIL images of other modes go
+    through ``pulse_ext.io.to_rgb_or_gray``. Alpha is dropped, gray is repeated to RGB, RGB is reduced
+    to luma for a 1-channel generator.
     """
     from PIL import Image
 
+    from pulse_ext.io import read_image, to_rgb_or_gray
+
     if isinstance(image, (str, os.PathLike)):
-        with Image.open(image) as opened:
-            image = opened.convert("RGB" if channels == 3 else "L")
+        image = read_image(image, channels)  # as the command line reads it: EXIF, bit depths, bomb guard
     if isinstance(image, Image.Image):
-        if image.mode not in ("RGB", "L"):
-            image = image.convert("RGB" if channels == 3 else "L")
+        if image.mode not in ("RGB", "L"):  # RGB and L go on as they are (luma below for 1 channel)
+            image = to_rgb_or_gray(image, channels)
         image = np.array(image)  # a writable copy
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
