@@ -92,6 +92,12 @@ bool cuda_igemm_applies(const at::Tensor& x, int64_t k, int64_t padding, ConvDty
 // entry lives) and the version counter it was made at, which every in-place change through autograd-
 // visible ops (optimizer steps, copy_, load_state_dict) bumps. Writes through .data are not seen: a
 // caller mutating weights that way while using conv_dtype=bfloat16 on CUDA must not rely on this path.
+// weight [Cout, Cin, k, k] as the convolution uses it: itself, or for a data gradient (adjoint) flipped and
+// transposed to [Cin, Cout, k, k] (a view).
+at::Tensor oriented_weight(const at::Tensor& weight, bool adjoint) {
+  return adjoint ? weight.flip({2, 3}).transpose(0, 1) : weight;
+}
+
 class Bf16WeightCache {
  public:
   at::Tensor get(const at::Tensor& weight, bool adjoint) {
@@ -108,20 +114,20 @@ class Bf16WeightCache {
         return it->taps;
       ++it;
     }
-    const at::Tensor oriented = adjoint ? weight.flip({2, 3}).transpose(0, 1) : weight;
-    at::Tensor taps = oriented.permute({0, 2, 3, 1}).to(at::kBFloat16).contiguous();
+    at::Tensor taps = oriented_weight(weight, adjoint).permute({0, 2, 3, 1}).to(at::kBFloat16).contiguous();
     // One entry per weight and direction: an older version of it is replaced, not kept.
     entries_.remove_if([&](const Entry& e) { return e.impl == impl && e.adjoint == adjoint; });
-    entries_.push_front(Entry{c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(weight.getIntrusivePtr()), impl, adjoint,
-                              version, weight.sizes().vec(), weight.strides().vec(), weight.storage_offset(), taps});
+    entries_.push_front(Entry{WeakImpl(weight.getIntrusivePtr()), impl, adjoint, version, weight.sizes().vec(),
+                              weight.strides().vec(), weight.storage_offset(), taps});
     while (entries_.size() > kMaxEntries) entries_.pop_back();
     return taps;
   }
 
  private:
   static constexpr size_t kMaxEntries = 256;  // config-f at 1024 px has 17 modulated 3x3 layers, 2 directions
+  using WeakImpl = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
   struct Entry {
-    c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl> owner;
+    WeakImpl owner;
     const c10::TensorImpl* impl;
     bool adjoint;
     uint32_t version;
@@ -161,7 +167,7 @@ at::Tensor cuda_igemm_conv(const at::Tensor& x, const at::Tensor& weight, bool a
                     reinterpret_cast<const uint16_t*>(w_taps.const_data_ptr<at::BFloat16>()), y.data_ptr<float>());
     return y;
   }
-  const at::Tensor w = (adjoint ? weight.flip({2, 3}).transpose(0, 1) : weight).contiguous();
+  const at::Tensor w = oriented_weight(weight, adjoint).contiguous();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "modulated_conv2d_igemm", [&] {
     PULSE_CALL_CUDA(x, modulated_conv2d_igemm<scalar_t>,
                     igemm_args<scalar_t>(x, w.const_data_ptr<scalar_t>(), styles, demod, y, k, padding),
