@@ -56,7 +56,7 @@ setup(
     version="0.1.0",
     description="PULSE face super-resolution on StyleGAN2 with fused C++/CUDA PyTorch ops",
     packages=find_packages(include=["pulse_ext", "pulse_ext.*"]),
-    package_data={"pulse_ext": ["weights/*.safetensors", "weights/*.md", "weights/*.json"]},
+    package_data={"pulse_ext": ["weights/*.safetensors", "weights/*.md", "weights/*.json", "demo/static/*"]},
     python_requires=">=3.9",
     install_requires=["torch>=2.4", "numpy", "pillow", "safetensors", "tqdm"],
     extras_require={

@@ -5,8 +5,9 @@ Subcommands live in their own modules and are registered in :data:`SUBCOMMANDS` 
 ``add_arguments(parser)`` declares the options, ``run(args) -> int`` does the work. Add a command by
 adding one line here.
 
-User mistakes (a missing file, an unreadable checkpoint, a bad option value) raise
-:class:`UsageError` or a ``CheckpointError``; ``main`` prints them as one line
+User mistakes (a missing file, an unreadable checkpoint, a bad option value) raise the library's
+:class:`~pulse_ext.errors.UserError` (or its command-line subclass :class:`UsageError`) or a
+``CheckpointError``; ``main`` prints them as one line
 ``pulse-ext: error: …`` on stderr and returns 2, without a traceback.
 """
 import argparse
@@ -15,18 +16,19 @@ import importlib
 import os
 import sys
 
-PROG = "pulse-ext"
+from pulse_ext.errors import PROG, UserError
 
 SUBCOMMANDS = {
     "align": "pulse_ext.cli_align:ALIGN",
     "convert": "pulse_ext.checkpoints.commands:CONVERT",
+    "demo": "pulse_ext.cli_demo:DEMO",
     "info": "pulse_ext.checkpoints.commands:INFO",
     "upscale": "pulse_ext.cli_upscale:UPSCALE",
 }
 
 
-class UsageError(Exception):
-    """A mistake by the user of the command line; reported in one line, exit code 2."""
+class UsageError(UserError):
+    """A mistake in the command line's arguments; reported in one line, exit code 2."""
 
 
 def _load_subcommand(target):
@@ -51,7 +53,7 @@ def build_parser():
 def _user_error_types():
     from pulse_ext.checkpoints.errors import CheckpointError
 
-    return (UsageError, CheckpointError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+    return (UserError, CheckpointError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
 def main(argv=None):

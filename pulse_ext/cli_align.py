@@ -47,7 +47,7 @@ def add_arguments(parser):
 def run(args):
     from pulse_ext.align import AlignError, FaceAligner, NoFaceError, default_hr_size, face_names
     from pulse_ext.cli import PROG, UsageError
-    from pulse_ext.cli_upscale import _probe_writable, make_output_folder, read_image, save_image
+    from pulse_ext.io import ImageReadError, make_output_folder, probe_writable, read_image, save_image
 
     hr_size = default_hr_size(args.align_size) if args.hr_size is None else args.hr_size
     if hr_size % args.align_size:
@@ -60,12 +60,12 @@ def run(args):
     except AlignError as exc:
         raise UsageError(str(exc)) from None
     make_output_folder(out)
-    _probe_writable(out, "to the output folder")
+    probe_writable(out, "to the output folder")
     failures = 0
     for path in args.inputs:
         try:
             faces = aligner.align(read_image(path), args.align_size, hr_size=hr_size, framing=args.framing)
-        except (UsageError, NoFaceError) as exc:
+        except (ImageReadError, NoFaceError) as exc:
             failures += 1
             print(f"{PROG}: warning: {path}: {exc}" if isinstance(exc, NoFaceError) else f"{PROG}: warning: {exc}",
                   file=sys.stderr)

@@ -10,21 +10,26 @@ The work happens in this order, so that mistakes are reported before any time is
 
 Every file is written to a temporary file in the destination directory and renamed over its final
 name (``os.replace``), so an interrupted or failed run leaves no half-written file behind.
+
+Only the command line lives here (options, output planning, messages); reading and writing images is
+:mod:`pulse_ext.io`, devices and threads :mod:`pulse_ext.runtime`, folder jobs :mod:`pulse_ext.jobs`.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
-# Output file extensions PIL can write (checked again against PIL's registry at run time).
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm")
+from pulse_ext.io import (IMAGE_SUFFIXES, image_format, make_output_folder, probe_writable, read_image, save_gif,
+                          save_image, save_json)
+from pulse_ext.jobs import check_search_options, search_options
+from pulse_ext.runtime import apply_thread_setting, resolve_device
+from pulse_ext.upscale import (PulseConvergenceWarning, PulseMemoryWarning, fit_size, resized_size, size_problem,
+                               tensor_to_pil, upscale)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -156,73 +161,7 @@ def add_arguments(parser):
 
 
 # --------------------------------------------------------------------------------------------------
-# inputs
-
-def read_image(path, channels=3):
-    """``pulse_ext.io.read_image`` with its errors as the command line's one-line usage errors."""
-    from pulse_ext.cli import UsageError
-    from pulse_ext.io import ImageReadError
-    from pulse_ext.io import read_image as read
-
-    try:
-        return read(path, channels)
-    except ImageReadError as exc:
-        raise UsageError(str(exc)) from None
-
-
-def nearest_valid_size(size, resolution):
-    """The side s >= 2 dividing ``resolution`` nearest (in log scale) to the image's size, ties going up:
-    what bicubic downscaling takes."""
-    from pulse_ext.upscale import valid_input_sizes
-
-    w, h = size
-    target = math.log(math.sqrt(w * h))
-    sides = [s for s in valid_input_sizes(resolution) if s >= 2] or [resolution]
-    return min(reversed(sides), key=lambda s: abs(math.log(s) - target))
-
-
-def size_problem(size, resolution, downscale):
-    """None when a (width, height) input fits a resolution x resolution generator with this downscaler,
-    else the reason (``pulse_ext.pulse.losses.target_size_problem``)."""
-    from pulse_ext.pulse.losses import target_size_problem
-
-    w, h = size
-    return target_size_problem((resolution, resolution), (h, w), downscale)
-
-
-def resized_size(size, resolution, downscale):
-    """The (width, height) ``--resize`` gives an input that does not fit. Area: shrunk, keeping the aspect
-    ratio, until it is no larger than the generator. Bicubic: the nearest s x s with s dividing it."""
-    w, h = size
-    if downscale == "area":
-        scale = min(1.0, resolution / max(w, h))
-        return max(1, min(resolution, round(w * scale))), max(1, min(resolution, round(h * scale)))
-    side = nearest_valid_size(size, resolution)
-    return side, side
-
-
-def fit_size(image, resolution, downscale="area"):
-    """Resize ``image`` to ``resized_size`` (area averaging down, bicubic up)."""
-    from PIL import Image
-
-    new = resized_size(image.size, resolution, downscale)
-    if new == image.size:
-        return image
-    shrink = new[0] <= image.size[0] and new[1] <= image.size[1]
-    return image.resize(new, Image.Resampling.BOX if shrink else Image.Resampling.BICUBIC)
-
-
-# --------------------------------------------------------------------------------------------------
 # outputs
-
-def _image_format(suffix):
-    from PIL import Image
-
-    fmt = Image.registered_extensions().get(suffix.lower())
-    if fmt is None or fmt not in Image.SAVE:
-        return None
-    return fmt
-
 
 def plan_outputs(inputs, output, args):
     """Per input: {'prefix', 'images': [K paths], 'all': [R paths], 'gif', 'json'}; raises UsageError."""
@@ -231,17 +170,17 @@ def plan_outputs(inputs, output, args):
     per_input = args.num_outputs
     out = Path(output)
     suffix = out.suffix.lower()
-    file_mode = not out.is_dir() and suffix in _IMAGE_SUFFIXES
+    file_mode = not out.is_dir() and suffix in IMAGE_SUFFIXES
     if file_mode and (len(inputs) > 1 or per_input > 1):
         what = f"{len(inputs)} inputs" if len(inputs) > 1 else f"--num-outputs {per_input}"
         raise UsageError(f"-o {output} names one image file, but {what} make several images; give a folder")
     if not file_mode and out.exists() and not out.is_dir():
         raise UsageError(f"-o {output} exists and is not a folder")
-    if not file_mode and suffix and suffix not in _IMAGE_SUFFIXES and out.suffix[1:].isalpha() and len(suffix) <= 5:
+    if not file_mode and suffix and suffix not in IMAGE_SUFFIXES and out.suffix[1:].isalpha() and len(suffix) <= 5:
         raise UsageError(f"-o {output}: {suffix} is not an image format pulse-ext writes "
-                         f"({', '.join(_IMAGE_SUFFIXES)}); for a folder, give a name without an extension")
+                         f"({', '.join(IMAGE_SUFFIXES)}); for a folder, give a name without an extension")
     if file_mode:
-        if _image_format(suffix) is None:
+        if image_format(suffix) is None:
             raise UsageError(f"-o {output}: PIL cannot write {suffix} files")
         ext = out.suffix
         prefixes = [out.with_suffix("")]
@@ -278,17 +217,6 @@ def _plan_paths(plan):
     return paths
 
 
-def _probe_writable(directory, what):
-    from pulse_ext.cli import UsageError
-
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".pulse-ext-probe-", dir=directory)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise UsageError(f"cannot write {what}: {directory}: {exc.strerror or exc}") from None
-
-
 def check_outputs(plans, folder, overwrite):
     """Refuse existing outputs (unless ``overwrite``) and prove each output directory is writable.
 
@@ -307,7 +235,7 @@ def check_outputs(plans, folder, overwrite):
             raise UsageError(f"{path} exists (pass --overwrite to replace it)")
     for directory in sorted({p.parent for p in paths}):
         if directory.is_dir():
-            _probe_writable(directory, "to the output folder")
+            probe_writable(directory, "to the output folder")
             continue
         if folder is None or directory != folder:
             kind = "is a file, not a folder" if directory.exists() else "does not exist"
@@ -317,72 +245,7 @@ def check_outputs(plans, folder, overwrite):
             ancestor = ancestor.parent
         if not ancestor.is_dir():
             raise UsageError(f"cannot create output folder {directory}: {ancestor} is a file, not a folder")
-        _probe_writable(ancestor, f"output folder {directory} (cannot create it in)")
-
-
-def make_output_folder(folder):
-    from pulse_ext.cli import UsageError
-
-    if folder is not None:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"cannot create output folder {folder}: {exc.strerror or exc}") from None
-
-
-def _umask():
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path, write):
-    """``write(tmp_path)`` into a temporary file beside ``path``, then rename it to ``path``.
-
-    Whatever goes wrong (an exception, Ctrl-C), the temporary file is removed and ``path`` is left as
-    it was. An OSError (disk full, permissions) becomes a one-line ``UsageError``.
-    """
-    from pulse_ext.cli import UsageError
-
-    path = Path(path)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-        if isinstance(exc, OSError):
-            raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
-        raise
-
-
-def save_image(image, path):
-    fmt = _image_format(Path(path).suffix)
-    if fmt == "JPEG":
-        atomic_write(path, lambda tmp: image.save(tmp, format=fmt, quality=95))
-    else:
-        atomic_write(path, lambda tmp: image.save(tmp, format=fmt))
-
-
-def save_gif(frames, path, frame_ms=120):
-    def write(tmp):
-        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
-    atomic_write(path, write)
-
-
-def save_json(data, path):
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-    atomic_write(path, write)
+        probe_writable(ancestor, f"output folder {directory} (cannot create it in)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -398,74 +261,6 @@ def _threads_option(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
     return value
-
-
-def busy_cores(samples: int = 5, interval: float = 0.02) -> int:
-    """Cores other processes are running on now. Linux: the fewest runnable tasks in /proc/stat's
-    procs_running over a few samples, minus this process (a busy job keeps its core all the time; a
-    blip does not); elsewhere the 1-minute load average (which also remembers the last minute, e.g. a
-    build that just finished)."""
-    counts = []
-    for i in range(samples):
-        try:
-            with open("/proc/stat") as f:
-                counts += [int(line.split()[1]) for line in f if line.startswith("procs_running")]
-        except (OSError, ValueError, IndexError):
-            break
-        if i + 1 < samples:
-            time.sleep(interval)
-    if counts:
-        return max(0, min(counts) - 1)
-    return round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-
-
-def apply_thread_setting(threads) -> int:
-    """Set torch's CPU threads from --threads (an int or "auto"); returns the number used."""
-    import torch
-
-    if threads == "auto":
-        if os.environ.get("OMP_NUM_THREADS"):
-            return torch.get_num_threads()
-        threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - busy_cores()))
-    torch.set_num_threads(int(threads))
-    return int(threads)
-
-
-def check_search_options(args) -> None:
-    """UsageError for search options that cannot work together (shared by single files and folder jobs)."""
-    from pulse_ext.cli import UsageError
-    from pulse_ext.pulse.losses import parse_loss
-
-    if args.num_outputs > args.restarts:
-        raise UsageError(f"--num-outputs {args.num_outputs} is more than --restarts {args.restarts}")
-    try:
-        parse_loss(args.loss)
-    except ValueError as exc:
-        raise UsageError(f"--loss: {exc}") from None
-
-
-def search_options(args) -> dict:
-    """PULSE keyword options from the command line, besides loss/eps/steps (shared by single files and folder jobs)."""
-    return dict(learning_rate=args.lr, optimizer=args.optimizer, lr_schedule=args.lr_schedule,
-                noise_type=args.noise_type, downscale=args.downscale, precision=args.precision)
-
-
-def _resolve_device(text):
-    import torch
-
-    from pulse_ext.cli import UsageError
-
-    if text is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"--device: not a torch device: {text!r} (e.g. cpu, cuda, cuda:1)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {text}: CUDA is not available here")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UsageError(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s)")
-    return device
 
 
 def _describe_generator(spec, G):
@@ -484,8 +279,6 @@ class _Frames:
         self.frames, self.steps = [], []
 
     def __call__(self, state):
-        from pulse_ext.upscale import tensor_to_pil
-
         best = state.ranking(0)[0]
         self.frames.append(tensor_to_pil(state.images[0, best].detach().float().cpu()))
         self.steps.append(state.step)
@@ -497,7 +290,6 @@ def run(args):
     from pulse_ext import __version__
     from pulse_ext.checkpoints import load_generator
     from pulse_ext.cli import PROG, UsageError
-    from pulse_ext.upscale import PulseConvergenceWarning, PulseMemoryWarning, tensor_to_pil, upscale
 
     apply_thread_setting(args.threads)
     if getattr(args, "align", False) or any(os.path.isdir(path) for path in args.inputs):
@@ -515,7 +307,7 @@ def run(args):
 
     # 1. options and inputs, before anything slow.
     check_search_options(args)
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     images = [read_image(path) for path in args.inputs]
 
     # 2. outputs.

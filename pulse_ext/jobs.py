@@ -35,7 +35,11 @@ from typing import Dict, List, Sequence
 
 import torch
 
+from pulse_ext.errors import PROG, UserError
+from pulse_ext.io import ImageReadError, atomic_write, make_output_folder, probe_writable, read_image, save_image
 from pulse_ext.pulse.batching import row_bytes_for, rows_that_fit, search_split
+from pulse_ext.runtime import resolve_device
+from pulse_ext.upscale import fit_size, size_problem
 
 MANIFEST = "manifest.jsonl"
 RANK_MANIFEST = "manifest.rank{rank}.jsonl"
@@ -58,9 +62,7 @@ def _image_suffixes():
 
 def list_inputs(inputs: Sequence[str]) -> List[tuple]:
     """[(name, path)] for the files of folders (sorted, non-recursive, image extensions, no hidden files)
-    and files named directly; raises UsageError on a missing path or a repeated name or stem."""
-    from pulse_ext.cli import UsageError
-
+    and files named directly; raises UserError on a missing path or a repeated name or stem."""
     suffixes = _image_suffixes()
     found = []
     for given in inputs:
@@ -73,14 +75,14 @@ def list_inputs(inputs: Sequence[str]) -> List[tuple]:
         elif path.exists():
             found.append((path.name, str(path)))
         else:
-            raise UsageError(f"input not found: {given}")
+            raise UserError(f"input not found: {given}")
     names, stems = {}, {}
     for name, path in found:
         if name in names:
-            raise UsageError(f"two inputs are named {name!r} ({names[name]}, {path}); rename one")
+            raise UserError(f"two inputs are named {name!r} ({names[name]}, {path}); rename one")
         stem = Path(name).stem
         if stem in stems:
-            raise UsageError(f"inputs {stems[stem]} and {path} share the name {stem!r} (outputs would collide); "
+            raise UserError(f"inputs {stems[stem]} and {path} share the name {stem!r} (outputs would collide); "
                              f"rename one")
         names[name], stems[stem] = path, path
     return found
@@ -159,8 +161,6 @@ class ManifestWriter:
 def merge_manifests(folder) -> int:
     """Rewrite ``manifest.jsonl`` atomically with one record per input (sorted), from it and every per-rank
     manifest, then remove the per-rank files. Returns the number of records."""
-    from pulse_ext.cli_upscale import atomic_write
-
     folder = Path(folder)
     records = read_manifests(folder)
 
@@ -236,12 +236,30 @@ def _output_names(stem, num_outputs, ext=".png"):
     return [f"{stem}{ext}"] if num_outputs == 1 else [f"{stem}_{k}{ext}" for k in range(1, num_outputs + 1)]
 
 
-def _resolve_job_device(text, local_rank):
-    from pulse_ext.cli_upscale import _resolve_device
+def check_search_options(options) -> None:
+    """UserError for search options that cannot work together. ``options`` has the attributes of
+    ``pulse-ext upscale``'s options (num_outputs, restarts, loss, lr, optimizer, lr_schedule, noise_type,
+    downscale, precision): its argparse namespace, or the demo's equivalent."""
+    from pulse_ext.pulse.losses import parse_loss
 
+    if options.num_outputs > options.restarts:
+        raise UserError(f"--num-outputs {options.num_outputs} is more than --restarts {options.restarts}")
+    try:
+        parse_loss(options.loss)
+    except ValueError as exc:
+        raise UserError(f"--loss: {exc}") from None
+
+
+def search_options(options) -> dict:
+    """PULSE keyword options besides loss/eps/steps, from an options object (see check_search_options)."""
+    return dict(learning_rate=options.lr, optimizer=options.optimizer, lr_schedule=options.lr_schedule,
+                noise_type=options.noise_type, downscale=options.downscale, precision=options.precision)
+
+
+def _resolve_job_device(text, local_rank):
     if text is None and torch.cuda.is_available():
         return torch.device("cuda", local_rank % torch.cuda.device_count())
-    device = _resolve_device(text)
+    device = resolve_device(text, "--device")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
     return device
@@ -249,38 +267,35 @@ def _resolve_job_device(text, local_rank):
 
 def run_job(args) -> int:
     """``pulse-ext upscale`` on folders (or with ``--align``): see the module docstring."""
-    from pulse_ext.cli import UsageError
-    from pulse_ext.cli_upscale import _probe_writable, _resolve_device, check_search_options
-
     started = time.perf_counter()
     for flag, name in ((args.save_all, "--save-all"), (args.save_intermediate, "--save-intermediate")):
         if flag:
-            raise UsageError(f"{name} is not supported for folder jobs (or --align); run single files for it")
+            raise UserError(f"{name} is not supported for folder jobs (or --align); run single files for it")
     check_search_options(args)
     out = Path(args.output)
     if out.exists() and not out.is_dir():
-        raise UsageError(f"-o {out}: folder jobs write to a folder, and {out} is a file")
+        raise UserError(f"-o {out}: folder jobs write to a folder, and {out} is a file")
     if out.suffix.lower() in _image_suffixes() and not out.exists():
-        raise UsageError(f"-o {out}: folder jobs (a folder input or --align) write to a folder; give a name "
+        raise UserError(f"-o {out}: folder jobs (a folder input or --align) write to a folder; give a name "
                          f"without an image extension")
     inputs = list_inputs(args.inputs)
     if not inputs:
-        raise UsageError(f"no image files in {', '.join(args.inputs)}")
+        raise UserError(f"no image files in {', '.join(args.inputs)}")
     aligner = None
     if args.align:
         from pulse_ext.align import AlignError, FaceAligner
         try:
             aligner = FaceAligner(args.landmarks, min_score=args.min_score)
         except AlignError as exc:
-            raise UsageError(str(exc)) from None
+            raise UserError(str(exc)) from None
 
     # Outputs must be writable before any search starts.
     ancestor = out.absolute()
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise UsageError(f"cannot create output folder {out}: {ancestor} is a file, not a folder")
-    _probe_writable(out if out.is_dir() else ancestor, f"output folder {out}")
+        raise UserError(f"cannot create output folder {out}: {ancestor} is a file, not a folder")
+    probe_writable(out if out.is_dir() else ancestor, f"output folder {out}")
     resuming = (out / MANIFEST).exists() or bool(manifest_files(out)[1:]) if out.is_dir() else False
     if out.is_dir() and not resuming and not args.overwrite:
         for name, _ in inputs:
@@ -288,13 +303,13 @@ def run_job(args) -> int:
             clash = [p for p in out.iterdir() if p.name.startswith(stem) and p.suffix == ".png"
                      and (p.stem == stem or p.stem.startswith(stem + "_"))]
             if clash:
-                raise UsageError(f"{clash[0]} exists and {out} has no {MANIFEST} to resume from "
+                raise UserError(f"{clash[0]} exists and {out} has no {MANIFEST} to resume from "
                                  f"(pass --overwrite to replace it)")
 
     if args.device is None and torch.cuda.is_available():
         device_type = "cuda"
     else:
-        device_type = _resolve_device(args.device).type
+        device_type = resolve_device(args.device, "--device").type
     dist = init_distributed(device_type)
     try:
         return _run_ranked(args, out, inputs, aligner, dist, started)
@@ -304,8 +319,6 @@ def run_job(args) -> int:
 
 def _run_ranked(args, out, inputs, aligner, dist, started):
     from pulse_ext.checkpoints import load_generator
-    from pulse_ext.cli import PROG, UsageError
-    from pulse_ext.cli_upscale import fit_size, make_output_folder, read_image, save_image, search_options, size_problem
     from pulse_ext.pulse.latent import restart_seed
     from pulse_ext.pulse.search import PULSE
     from pulse_ext.upscale import image_to_tensor, select_candidates, tensor_to_pil
@@ -340,13 +353,13 @@ def _run_ranked(args, out, inputs, aligner, dist, started):
     align_size = getattr(args, "align_size", None) or max(resolution // 4, 1)
     align_problem = size_problem((align_size, align_size), resolution, args.downscale) if aligner else None
     if align_problem:
-        raise UsageError(f"--align-size {align_size} does not fit the {resolution}x{resolution} generator: "
+        raise UserError(f"--align-size {align_size} does not fit the {resolution}x{resolution} generator: "
                          f"{align_problem}")
     options = search_options(args)
     try:
         searcher = PULSE(G, loss=args.loss, eps=args.eps, steps=args.steps, **options)
     except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        raise UserError(str(exc)) from None
 
     mine = [(i, name, path) for i, (name, path) in enumerate(inputs) if i % dist.world == dist.rank]
     skipped = 0
@@ -380,7 +393,7 @@ def _run_ranked(args, out, inputs, aligner, dist, started):
         t0 = time.perf_counter()
         try:
             image = read_image(path)
-        except UsageError as exc:
+        except ImageReadError as exc:
             fail(name, path, str(exc), t0)
             return None
         if channels != 3:
@@ -482,7 +495,7 @@ def _run_ranked(args, out, inputs, aligner, dist, started):
         for key in list(groups):
             search_batch(groups.pop(key))
     except ValueError as exc:  # an option the search refuses
-        raise UsageError(str(exc)) from None
+        raise UserError(str(exc)) from None
     finally:
         writer.close()
 

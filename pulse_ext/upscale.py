@@ -66,6 +66,46 @@ def valid_input_sizes(resolution: int) -> List[int]:
     return [s for s in range(1, resolution + 1) if resolution % s == 0]
 
 
+def nearest_valid_size(size, resolution: int) -> int:
+    """The side s >= 2 dividing ``resolution`` nearest (in log scale) to a (width, height) image's size,
+    ties going up: what bicubic downscaling takes."""
+    import math
+
+    w, h = size
+    target = math.log(math.sqrt(w * h))
+    sides = [s for s in valid_input_sizes(resolution) if s >= 2] or [resolution]
+    return min(reversed(sides), key=lambda s: abs(math.log(s) - target))
+
+
+def size_problem(size, resolution: int, downscale: str = "area"):
+    """None when a (width, height) input fits a resolution x resolution generator with this downscaler,
+    else the reason (``pulse_ext.pulse.losses.target_size_problem``)."""
+    w, h = size
+    return target_size_problem((resolution, resolution), (h, w), downscale)
+
+
+def resized_size(size, resolution: int, downscale: str = "area"):
+    """The (width, height) an input that does not fit is resized to. Area: shrunk, keeping the aspect
+    ratio, until it is no larger than the generator. Bicubic: the nearest s x s with s dividing it."""
+    w, h = size
+    if downscale == "area":
+        scale = min(1.0, resolution / max(w, h))
+        return max(1, min(resolution, round(w * scale))), max(1, min(resolution, round(h * scale)))
+    side = nearest_valid_size(size, resolution)
+    return side, side
+
+
+def fit_size(image, resolution: int, downscale: str = "area"):
+    """A PIL ``image`` resized to :func:`resized_size` (area averaging down, bicubic up)."""
+    from PIL import Image
+
+    new = resized_size(image.size, resolution, downscale)
+    if new == image.size:
+        return image
+    shrink = new[0] <= image.size[0] and new[1] <= image.size[1]
+    return image.resize(new, Image.Resampling.BOX if shrink else Image.Resampling.BICUBIC)
+
+
 def _match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     """[C, h, w] -> [channels, h, w]: drop alpha, gray -> RGB by repetition, RGB -> gray by luma."""
     c = x.shape[0]
@@ -84,7 +124,7 @@ def _match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
 def image_to_tensor(image, channels: int = 3) -> torch.Tensor:
     """Convert one image to a float32 CPU tensor [1, channels, h, w] in [0, 1].
 
-    Accepts a file path, a PIL image, a numpy array (uint8 HxW / HxWxC, or float HxW / HxWxC in
+    Accepts a file path, the bytes of an image file (e.g. an upload), a PIL image, a numpy array (uint8 HxW / HxWxC, or float HxW / HxWxC in
     [0, 1]), or a tensor [C, h, w] / [1, C, h, w] (uint8, or float in [0, 1]). Files are read by
     ``pulse_ext.io.read_image``, as the command line reads them (EXIF orientation, 16-bit and palette
     images, PIL's decompression-bomb guard; ``ImageReadError`` otherwise); PIL images of other modes go
@@ -95,7 +135,7 @@ def image_to_tensor(image, channels: int = 3) -> torch.Tensor:
 
     from pulse_ext.io import read_image, to_rgb_or_gray
 
-    if isinstance(image, (str, os.PathLike)):
+    if isinstance(image, (str, os.PathLike, bytes, bytearray)):
         image = read_image(image, channels)  # as the command line reads it: EXIF, bit depths, bomb guard
     if isinstance(image, Image.Image):
         if image.mode not in ("RGB", "L"):  # RGB and L go on as they are (luma below for 1 channel)
@@ -130,7 +170,7 @@ def image_to_tensor(image, channels: int = 3) -> torch.Tensor:
         else:
             raise ValueError(f"tensor image must be uint8 or float in [0, 1], got dtype {x.dtype}")
     else:
-        raise TypeError(f"image must be a path, PIL image, numpy array or torch tensor, got {type(image).__name__}")
+        raise TypeError(f"image must be a path, image-file bytes, PIL image, numpy array or torch tensor, got {type(image).__name__}")
     return _match_channels(x, channels).contiguous().unsqueeze(0)
 
 

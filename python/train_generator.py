@@ -594,7 +594,7 @@ def threads_arg(text: str) -> str:
 
 def set_free_threads(log) -> int:
     """--threads auto: torch threads = the cores no other process is running on now (at least 1); logs changes."""
-    from pulse_ext.cli_upscale import busy_cores
+    from pulse_ext.runtime import busy_cores
 
     threads = max(1, (os.cpu_count() or 1) - busy_cores())
     if threads != torch.get_num_threads():

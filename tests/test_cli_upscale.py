@@ -13,7 +13,8 @@ from PIL import Image
 
 from pulse_ext.checkpoints import save_generator
 from pulse_ext.cli import main
-from pulse_ext.cli_upscale import atomic_write, nearest_valid_size, read_image, resized_size
+from pulse_ext.io import atomic_write, read_image
+from pulse_ext.upscale import nearest_valid_size, resized_size
 from conftest import reachable_targets, save_png, tiny_search_generator
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -333,7 +334,7 @@ def test_search_callback_sees_progress_and_costs_nothing_when_unused(files, monk
 
 
 def test_busy_cores_sees_a_running_process():
-    from pulse_ext.cli_upscale import busy_cores
+    from pulse_ext.runtime import busy_cores
 
     idle = busy_cores()
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
@@ -346,16 +347,17 @@ def test_busy_cores_sees_a_running_process():
 
 
 def test_threads_option(monkeypatch):
-    from pulse_ext import cli_upscale
-    from pulse_ext.cli_upscale import _threads_option, apply_thread_setting
+    from pulse_ext import runtime
+    from pulse_ext.cli_upscale import _threads_option
+    from pulse_ext.runtime import apply_thread_setting
 
     threads = torch.get_num_threads()
     try:
         assert apply_thread_setting(1) == 1 and torch.get_num_threads() == 1
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-        monkeypatch.setattr(cli_upscale, "busy_cores", lambda: 50)  # every core busy
+        monkeypatch.setattr(runtime, "busy_cores", lambda: 50)  # every core busy
         assert apply_thread_setting("auto") == 1
-        monkeypatch.setattr(cli_upscale, "busy_cores", lambda: 0)
+        monkeypatch.setattr(runtime, "busy_cores", lambda: 0)
         assert apply_thread_setting("auto") == min(threads, os.cpu_count())
         monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's explicit setting wins
         torch.set_num_threads(2)

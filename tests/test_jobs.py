@@ -15,8 +15,9 @@ from PIL import Image
 from pulse_ext import jobs
 from conftest import reachable_targets, save_png
 from pulse_ext.checkpoints import save_generator
-from pulse_ext.cli import UsageError, main
-from pulse_ext.cli_upscale import read_image
+from pulse_ext.cli import main
+from pulse_ext.errors import UserError
+from pulse_ext.io import read_image
 from pulse_ext.stylegan2 import Generator
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,9 +76,9 @@ def test_list_inputs(tmp_path):
     (tmp_path / "d" / "sub").mkdir()
     assert [name for name, _ in jobs.list_inputs([tmp_path / "d"])] == ["a.jpg", "b.png"]
     (tmp_path / "b.jpg").write_bytes(b"")
-    with pytest.raises(UsageError, match="share the name 'b'"):
+    with pytest.raises(UserError, match="share the name 'b'"):
         jobs.list_inputs([tmp_path / "d", tmp_path / "b.jpg"])
-    with pytest.raises(UsageError, match="not found"):
+    with pytest.raises(UserError, match="not found"):
         jobs.list_inputs([tmp_path / "missing"])
 
 
@@ -159,10 +160,10 @@ def test_decompression_bomb_is_a_per_image_error(generator_file, tmp_path, monke
     make_faces(tiny_generator(), folder, 1)
     Image.new("RGB", (64, 64)).save(folder / "huge.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64*64 = 4096 > 2 * 1000: an error; 16 pixels fine
-    with pytest.raises(UsageError, match="decompression-bomb"):
+    with pytest.raises(UserError, match="decompression-bomb"):
         read_image(str(folder / "huge.png"))
     Image.new("RGB", (40, 40)).save(folder / "big.png")  # 1600: PIL only warns; still refused
-    with pytest.raises(UsageError, match="decompression-bomb"):
+    with pytest.raises(UserError, match="decompression-bomb"):
         read_image(str(folder / "big.png"))
     out = tmp_path / "out"
     assert main(job(generator_file, [folder], out, steps=2)) == 1

@@ -169,7 +169,7 @@ def test_bf16_step_runs():
 
 def test_threads_auto_follows_the_free_cores(tmp_path, monkeypatch, capsys):
     """--threads auto: torch threads = cores no other process runs on, re-checked between steps."""
-    import pulse_ext.cli_upscale as cu
+    import pulse_ext.runtime as cu
 
     data = tmp_path / "faces.npy"
     np.save(data, _images(16).permute(0, 2, 3, 1).numpy())
