@@ -60,7 +60,9 @@ setup(
     python_requires=">=3.9",
     install_requires=["torch>=2.4", "numpy", "pillow", "safetensors", "tqdm"],
     extras_require={
-        "test": ["pytest", "matplotlib"],  # matplotlib: benchmarks/plot_e2e.py and its test
+        # matplotlib: benchmarks/plot_e2e.py and its test; selenium: the demo's browser tests (with Debian's
+        # chromium + chromium-driver; 4.40 is the newest whose dependencies the registry here serves)
+        "test": ["pytest", "matplotlib", "selenium==4.40.0"],
         # face alignment (pulse-ext align, upscale --align): dlib and its 68-point landmark model
         "align": ["dlib-bin==20.0.1.post1", "face-recognition-models==0.3.0"],
     },

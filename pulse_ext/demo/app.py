@@ -41,6 +41,11 @@ def png_bytes(image) -> bytes:
     return buffer.getvalue()
 
 
+def size_text(size: int) -> str:
+    """A byte count for people: "812 KB", "3.4 MB"."""
+    return f"{size / 2 ** 20:.1f} MB" if size >= 2 ** 20 else f"{max(size / 2 ** 10, 0.1):.1f} KB"
+
+
 def _int_option(params, name, default, low, high):
     text = params.get(name)
     if text in (None, ""):
@@ -72,7 +77,7 @@ class Search:
     message: str = ""
     notes: List[str] = field(default_factory=list)
     step: int = 0
-    best_l2: Optional[float] = None
+    best_l2: Optional[float] = None  # the lowest L2 of any restart so far
     searched_png: Optional[bytes] = None  # what is searched for: the input, resized or aligned
     searched_size: Optional[List[int]] = None
     previews: List[bytes] = field(default_factory=list)  # the current best images
@@ -152,8 +157,8 @@ class DemoApp:
 
         limits = self.limits
         if len(data) > limits.max_upload_bytes:
-            raise UserError(f"the upload is {len(data) / 2 ** 20:.1f} MB; this demo takes images up to "
-                            f"{limits.max_upload_bytes / 2 ** 20:.1f} MB")
+            raise UserError(f"the upload is {size_text(len(data))}; this demo takes images up to "
+                            f"{size_text(limits.max_upload_bytes)}")
         generator = params.get("generator") or next(iter(self.generators))
         if generator not in self.generators:
             raise UserError(f"generator: expected one of {', '.join(self.generators)}, got {generator!r}")
@@ -300,7 +305,7 @@ class DemoApp:
             ranking = state.ranking(0)[:keep]
             images = state.images[0, ranking].detach().float().clamp(0, 1).cpu()
             previews = [png_bytes(tensor_to_pil(x)) for x in images]
-            self._update(search, step=int(state.step), best_l2=float(state.l2[0, ranking[0]]), previews=previews)
+            self._update(search, step=int(state.step), best_l2=float(state.l2[0].min()), previews=previews)
 
         with warnings.catch_warnings(record=True) as caught:  # only this thread searches
             warnings.simplefilter("always", PulseConvergenceWarning)
@@ -317,5 +322,5 @@ class DemoApp:
                     "l2": float(result.l2[k]), "converged": bool(result.converged[k]),
                     "restart": int(result.restart_indices[k])}
                    for k, candidate in enumerate(result.candidates)]
-        self._update(search, outputs=outputs, step=int(result.steps_run), best_l2=float(result.l2[0]),
+        self._update(search, outputs=outputs, step=int(result.steps_run), best_l2=float(result.search.l2[0].min()),
                      notes=notes)

@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from urllib.parse import parse_qsl, urlsplit
 
+from pulse_ext.demo.app import size_text
 from pulse_ext.errors import UserError
 
 _STATIC = {"index.html": "text/html; charset=utf-8", "demo.js": "text/javascript; charset=utf-8",
@@ -112,8 +113,8 @@ class _Handler(BaseHTTPRequestHandler):
                 left -= len(chunk)
             self.close_connection = True
             return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                               f"the upload is {length / 2 ** 20:.1f} MB; this demo "
-                               f"takes images up to {limit / 2 ** 20:.1f} MB")
+                               f"the upload is {size_text(length)}; this demo takes images up to "
+                               f"{size_text(limit)}")
         data = self.rfile.read(length)
         try:
             search = app.submit(data, dict(parse_qsl(url.query)))

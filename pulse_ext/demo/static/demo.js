@@ -5,11 +5,16 @@ const $ = (id) => document.getElementById(id);
 let config = null;
 let chosen = null; // the File to upload
 
+// A byte count for people, as the server words it (pulse_ext/demo/app.py size_text).
+function sizeText(size) {
+  return size >= 2 ** 20 ? `${(size / 2 ** 20).toFixed(1)} MB` : `${Math.max(size / 1024, 0.1).toFixed(1)} KB`;
+}
+
 function setFormError(text) { $("form-error").textContent = text || ""; }
 
 function choose(file) {
   chosen = file || null;
-  $("chosen").textContent = chosen ? `${chosen.name} (${(chosen.size / 1024).toFixed(1)} KB)` : "no image chosen";
+  $("chosen").textContent = chosen ? `${chosen.name} (${sizeText(chosen.size)})` : "no image chosen";
   setFormError("");
 }
 
@@ -61,11 +66,13 @@ function render(card, s) {
   };
   q(".state").textContent = `(${states[s.state]})`;
   card.dataset.state = s.state;
-  q("progress").value = s.steps ? s.step / s.steps : 0;
+  // A search ends early when every restart has met eps: done is a full bar either way.
+  q("progress").value = s.state === "done" ? 1 : (s.steps ? s.step / s.steps : 0);
   const l2 = s.best_l2 === null ? "" : `, best L2 ${s.best_l2.toExponential(2)}`;
+  const where = s.state === "done" && s.step < s.steps ? `stopped at step ${s.step} of ${s.steps} (every restart met eps)`
+    : `step ${s.step} of ${s.steps}`;
   q(".status").textContent = s.state === "queued" ? "" :
-    `step ${s.step} of ${s.steps}${l2} (${s.seconds.toFixed(1)} s; seed ${s.options.seed}, ` +
-    `${s.options.restarts} restarts)`;
+    `${where}${l2} (${s.seconds.toFixed(1)} s; seed ${s.options.seed}, ${s.options.restarts} restarts)`;
   q(".error").textContent = s.message;
   const notes = q(".notes");
   notes.replaceChildren(...s.notes.map((n) => Object.assign(document.createElement("li"), { textContent: n })));
@@ -73,7 +80,9 @@ function render(card, s) {
   if (inputImg.getAttribute("src") !== s.input) inputImg.src = s.input;
   q(".input figcaption").textContent = `input ${s.input_size[0]}x${s.input_size[1]}`;
   const searched = q(".searched");
-  searched.hidden = !s.searched;
+  // Shown when what is searched for differs from the upload (aligned or resized).
+  searched.hidden = !s.searched || (!s.options.align && s.searched_size[0] === s.input_size[0] &&
+                                    s.searched_size[1] === s.input_size[1]);
   if (s.searched && q(".searched img").getAttribute("src") !== s.searched) {
     q(".searched img").src = s.searched;
     q(".searched figcaption").textContent = `searched for ${s.searched_size[0]}x${s.searched_size[1]}`;
@@ -129,8 +138,8 @@ async function start(event) {
   setFormError("");
   if (!chosen) return setFormError("Choose an image first.");
   if (chosen.size > config.limits.max_upload_bytes) {
-    return setFormError(`${chosen.name} is ${(chosen.size / 2 ** 20).toFixed(1)} MB; this demo takes images up to ` +
-                        `${(config.limits.max_upload_bytes / 2 ** 20).toFixed(1)} MB.`);
+    return setFormError(`${chosen.name} is ${sizeText(chosen.size)}; this demo takes images up to ` +
+                        `${sizeText(config.limits.max_upload_bytes)}.`);
   }
   const params = new URLSearchParams({ name: chosen.name });
   for (const id of ["generator", "restarts", "steps", "num_outputs", "seed", "framing"]) {
