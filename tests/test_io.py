@@ -39,7 +39,7 @@ def _cli_tensor(path, channels=3):
     """The tensor ``pulse-ext upscale PATH`` searches for with a ``channels``-channel generator: main()
     runs up to the search, whose image is captured (a stand-in upscale() raises with it), then
     converted as upscale() converts PIL images."""
-    import pulse_ext.cli_upscale as cli_upscale
+    import pulse_ext.files as files
     from pulse_ext.cli import main
 
     generator = ["--generator", str(_gray_generator(Path(path).parent))] if channels == 1 else []
@@ -47,13 +47,13 @@ def _cli_tensor(path, channels=3):
     def capture(image, **kwargs):
         raise _Captured(image)
 
-    real = cli_upscale.upscale
-    cli_upscale.upscale = capture
+    real = files.upscale
+    files.upscale = capture
     try:
         with pytest.raises(_Captured) as caught:
             main(["upscale", str(path), "-o", str(Path(path).parent / "out"), "--resize", "-q", *generator])
     finally:
-        cli_upscale.upscale = real
+        files.upscale = real
     return image_to_tensor(caught.value.image, channels)
 
 
