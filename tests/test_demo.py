@@ -4,6 +4,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,3 +150,29 @@ def test_cli_demo_refuses_bad_options_in_one_line(capsys):
     assert err.startswith("pulse-ext: error:") and "missing.pkl" in err and err.count("\n") == 1
     assert main(["demo", "--no-default"]) == 2
     assert "--no-default needs at least one --generator" in capsys.readouterr().err
+
+
+def test_align_searches_the_aligned_face_of_a_photo():
+    """With dlib: the photo's face is aligned like `pulse-ext align` (the README's example input) and
+    searched; an image with no face gets that message."""
+    from test_align import _astronaut, _dlib_skip_reason
+
+    if _dlib_skip_reason():
+        pytest.skip(_dlib_skip_reason())
+    from pulse_ext.align import FaceAligner
+
+    photo = open(_astronaut(), "rb").read()
+    with running_demo(aligner=FaceAligner()) as server:
+        status, reply = _json(f"{server.url}api/search?align=1&restarts=2&steps=5&num_outputs=1&name=astronaut.png",
+                              photo)
+        assert status == 201
+        snapshot = _wait(server, reply["id"])
+        assert snapshot["state"] == "done" and snapshot["searched_size"] == [16, 16], snapshot
+        assert snapshot["notes"][0] == "aligned (utkface framing) to 16x16"
+        searched = np.asarray(Image.open(io.BytesIO(_request(server.url + snapshot["searched"].lstrip("/"))[1])),
+                              dtype=np.int16)
+        shipped = np.asarray(Image.open(Path(__file__).parent.parent / "examples/astronaut16.png").convert("RGB"), dtype=np.int16)
+        assert np.abs(searched - shipped).max() <= 8  # as test_align: slack for other dlib / Pillow builds
+        status, reply = _json(f"{server.url}api/search?align=1&name=flat.png", _png((64, 64)))
+        snapshot = _wait(server, reply["id"])
+        assert snapshot["state"] == "error" and snapshot["message"].startswith("no face found in flat.png")
