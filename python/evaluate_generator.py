@@ -154,17 +154,20 @@ def group_table(selection, labels, converged, best_l2):
     return table
 
 
-def write_doc(path: str, summary: str) -> None:
-    block = f"{RESULTS_START}\n{summary.rstrip()}\n{RESULTS_END}"
+def write_doc(path: str, summary: str, start: str = RESULTS_START, end: str = RESULTS_END,
+              heading: str = "Results") -> None:
+    """Put ``summary`` between the ``start`` / ``end`` markers of the markdown file at ``path`` (appended
+    under ``## heading`` when the markers are not there yet)."""
+    block = f"{start}\n{summary.rstrip()}\n{end}"
     if os.path.isfile(path):
         with open(path) as f:
             text = f.read()
-        if RESULTS_START in text and RESULTS_END in text:
-            head, rest = text.split(RESULTS_START, 1)
-            tail = rest.split(RESULTS_END, 1)[1]
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            tail = rest.split(end, 1)[1]
             text = head + block + tail
         else:
-            text = text.rstrip() + "\n\n## Results\n\n" + block + "\n"
+            text = text.rstrip() + f"\n\n## {heading}\n\n" + block + "\n"
     else:
         text = "# Evaluating the default face generator\n\n## Results\n\n" + block + "\n"
     with open(path, "w") as f:

@@ -1,0 +1,217 @@
+"""The framing evaluation: PULSE on real 16x16 faces cut the ways people's tiny faces come, from
+CelebA identities held out of every training run.
+
+    python python/evaluate_framing.py [--generator default] [--per-framing 30] [--doc docs/evaluation.md]
+
+Faces: one photo per identity of ``celeba/celeb_<id>`` for ids >= --heldout-from (default 120: ids
+120-149 are never trained on; a framing-mixture training run takes ids < 120), the first photo in which
+dlib finds a face. Each face is cut five ways from its 68 landmarks (pulse_ext.align's geometry,
+relative to the FFHQ square of the face):
+
+- tight:     the UTKFace frame (what the shipped default generator was trained on)
+- ffhq:      the FFHQ frame (hair, some background)
+- wide:      the whole width of the photo, a square centred on the face (upright, not aligned)
+- offcentre: FFHQ-sized, its centre moved by a quarter of the FFHQ half-side in x and y (signs drawn)
+- random:    scale 0.6-1.3 of FFHQ, centre within +-0.3 half-sides (15 % of the side), rotation +-8 deg
+
+each at the generator's resolution (the "original") and area-downscaled to 16x16 (the input).
+
+Per framing: eps rate (any restart with L2 < eps, upscale()'s defaults), realism of the best output and
+of the original (dlib's HOG detector scores the 200-px bicubic enlargement >= 0.5), dlib identity
+distance between the best output and the original (< 0.6 is dlib's "same person"), KID of the outputs'
+dlib embeddings against the originals' of the same framing (x 1e3; N is small, so no FD), and a grid
+figure (docs/figures/framing-<name>.png: original | input | best output, per face).
+Needs dlib (pip install 'pulse_ext[align]'); writes metrics JSON to --out.
+"""
+import argparse
+import datetime
+import json
+import math
+import os
+import sys
+import tarfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import face_metrics as fm  # noqa: E402
+from evaluate_generator import run_pulse, sha256_file, write_doc  # noqa: E402
+
+FRAMING_NAMES = ("tight", "ffhq", "wide", "offcentre", "random")
+REALISM_THRESHOLD = 0.5
+RESULTS_START = "<!-- framing:start (written by python/evaluate_framing.py) -->"
+RESULTS_END = "<!-- framing:end -->"
+
+
+def rotate_quad(quad, degrees):
+    c = quad.mean(0)
+    t = math.radians(degrees)
+    rot = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
+    return (quad - c) @ rot.T + c
+
+
+def framing_quads(landmarks, photo_size, rng):
+    """name -> [4, 2] crop quad (PIL QUAD order) for one face."""
+    from pulse_ext.align import FRAMINGS, Framing, face_quad
+
+    ffhq = face_quad(landmarks, "ffhq")
+    w, h = photo_size
+    cy = ffhq.mean(0)[1]
+    top = min(max(cy - w / 2, 0), max(h - w, 0))
+    sx, sy = rng.choice([-1, 1], 2)
+    scale = rng.uniform(0.6, 1.3)
+    return {
+        "tight": face_quad(landmarks, FRAMINGS["utkface"]),
+        "ffhq": ffhq,
+        "wide": np.array([[0, top], [0, top + w], [w, top + w], [w, top]], dtype=np.float64) - 0.5,
+        "offcentre": face_quad(landmarks, Framing(1.0, 0.25 * sx, 0.25 * sy)),
+        "random": rotate_quad(face_quad(landmarks, Framing(scale, *rng.uniform(-0.3, 0.3, 2))),
+                              rng.uniform(-8, 8)),
+    }
+
+
+def heldout_faces(tar_path, heldout_from, count, resolution, seed, log):
+    """{framing: uint8 [N, R, R, 3]} and the photo names, from the first usable photo of each identity."""
+    from PIL import Image
+
+    from pulse_ext.align import FaceAligner, crop_quad
+
+    aligner = FaceAligner()
+    rng = np.random.default_rng(seed)
+    crops = {name: [] for name in FRAMING_NAMES}
+    names = []
+    with tarfile.open(tar_path) as tar:
+        members = sorted((m for m in tar.getmembers() if m.isfile() and m.name.endswith(".jpg")), key=lambda m: m.name)
+        by_id = {}
+        for m in members:
+            ident = int(m.name.split("/")[1].removeprefix("celeb_"))
+            if ident >= heldout_from:
+                by_id.setdefault(ident, []).append(m)
+        for ident in sorted(by_id):
+            if len(names) == count:
+                break
+            for m in by_id[ident]:
+                image = Image.open(tar.extractfile(m)).convert("RGB")
+                found = aligner.landmarks(image)
+                if len(found) != 1:
+                    continue
+                quads = framing_quads(found[0][1], image.size, rng)
+                for name, quad in quads.items():
+                    crops[name].append(np.asarray(crop_quad(image, quad, resolution), dtype=np.uint8))
+                names.append(m.name)
+                break
+    log(f"{len(names)} held-out identities (ids >= {heldout_from}), one photo each")
+    return {k: np.stack(v) for k, v in crops.items()}, names
+
+
+def realism_scores(images):
+    """dlib HOG detector's best score on the 200-px bicubic enlargement of each uint8 image (-1: none)."""
+    import dlib
+    from PIL import Image
+
+    detector = dlib.get_frontal_face_detector()
+    scores = []
+    for image in images:
+        big = np.ascontiguousarray(np.asarray(Image.fromarray(image).resize((200, 200), Image.BICUBIC)))
+        _, found, _ = detector.run(big, 0, -1.0)
+        scores.append(max(found) if len(found) else -1.0)
+    return np.asarray(scores)
+
+
+def markdown_summary(m):
+    lines = [f"Generator `{m['snapshot']['generator']}` ({m['snapshot']['resolution']} px, sha256 "
+             f"{m['snapshot']['sha256'][:12]}); {m['n']} held-out CelebA identities per framing, 16x16 inputs, "
+             f"{m['restarts']} restarts x {m['steps']} steps; {m['date']}, {m['hardware']}, {m['seconds']:.0f} s.",
+             "", "| framing | meet eps | realistic outputs | realistic originals | identity distance (median) "
+             "| same person (< 0.6) | KID x1e3 vs originals | s / face |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in m["framings"].items():
+        lines.append(f"| {name} | {r['eps_rate']:.0%} | {r['realistic_outputs']:.0%} | {r['realistic_originals']:.0%} "
+                     f"| {r['identity_distance_median']:.3f} | {r['same_person']:.0%} | {r['kid_x1e3']:.1f} "
+                     f"| {r['seconds_per_face']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--generator", default="default")
+    ap.add_argument("--celeba", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
+                                                     "celeba-ids000-149.tar"))
+    ap.add_argument("--heldout-from", type=int, default=120)
+    ap.add_argument("--per-framing", type=int, default=30, help="held-out identities (one face each)")
+    ap.add_argument("--framings", default=",".join(FRAMING_NAMES))
+    ap.add_argument("--restarts", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=None, help="PULSE steps (default: upscale()'s)")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="benchmarks/results/framing")
+    ap.add_argument("--figures", default="docs/figures")
+    ap.add_argument("--doc", default=None, help="markdown file whose framing block gets the table")
+    args = ap.parse_args(argv)
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    reason = fm.dlib_missing_reason()
+    if reason:
+        log(f"error: the framing evaluation needs dlib: {reason}")
+        return 2
+    import torch
+
+    from pulse_ext.checkpoints import load_generator, resolve_checkpoint_path
+    from pulse_ext.upscale import DEFAULT_STEPS
+
+    torch.set_num_threads(args.threads)
+    steps = args.steps or DEFAULT_STEPS
+    t0 = time.perf_counter()
+    path = resolve_checkpoint_path(args.generator)
+    G = load_generator(args.generator).eval()
+    R = G.img_resolution
+    faces, names = heldout_faces(args.celeba, args.heldout_from, args.per_framing, R, args.seed, log)
+    embedder = fm.DlibEmbedder()
+    os.makedirs(args.out, exist_ok=True)
+    os.makedirs(args.figures, exist_ok=True)
+    metrics = {"snapshot": {"generator": args.generator if args.generator == "default" else os.path.basename(str(path)),
+                            "sha256": sha256_file(path), "resolution": int(R)},
+               "date": datetime.date.today().isoformat(), "hardware": f"CPU, {args.threads} thread(s)",
+               "n": len(names), "photos": names, "restarts": args.restarts, "steps": steps, "framings": {}}
+    for name in args.framings.split(","):
+        originals = faces[name]
+        t = time.perf_counter()
+        small, outputs, best_l2, converged, info = run_pulse(G, originals, R // 16, args.seed, args.restarts, steps,
+                                                             args.batch, log)
+        seconds = time.perf_counter() - t
+        best = outputs[:, 0]
+        out_real, orig_real = realism_scores(best), realism_scores(originals)
+        f_out, _ = embedder.embed(best)
+        f_orig, _ = embedder.embed(originals)
+        distance = np.linalg.norm(f_out - f_orig, axis=1)
+        n = len(best)
+        metrics["framings"][name] = {
+            "eps_rate": float(converged.mean()), "best_l2_median": float(np.median(best_l2)),
+            "realistic_outputs": float((out_real >= REALISM_THRESHOLD).mean()),
+            "realistic_originals": float((orig_real >= REALISM_THRESHOLD).mean()),
+            "realism_outputs_median": float(np.median(out_real)), "realism_originals_median": float(np.median(orig_real)),
+            "identity_distance_median": float(np.median(distance)), "same_person": float((distance < 0.6).mean()),
+            "kid_x1e3": 1e3 * fm.kid(f_out, f_orig, num_subsets=50, subset_size=n)[0],
+            "seconds_per_face": seconds / n,
+        }
+        tiles = np.concatenate([originals[:, None], fm.nearest_upscale(small, R // 16)[:, None], best[:, None]], 1)
+        rows = min(n, 10)
+        grid = fm.make_grid(tiles[:rows].reshape(-1, R, R, 3), ncols=3 * 2 if rows > 5 else 3)
+        fm.save_png(grid, os.path.join(args.figures, f"framing-{name}.png"))
+        log(f"{name}: {json.dumps(metrics['framings'][name])}")
+    metrics["seconds"] = time.perf_counter() - t0
+    tag = metrics["snapshot"]["generator"].replace(".", "_")
+    with open(os.path.join(args.out, f"framing-{tag}.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    summary = markdown_summary(metrics)
+    print(summary)
+    if args.doc:
+        write_doc(args.doc, summary, RESULTS_START, RESULTS_END, heading="Framing evaluation (held-out CelebA identities)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
