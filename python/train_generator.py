@@ -89,6 +89,86 @@ class Sampler:
         return x.contiguous(memory_format=memory_format)
 
 
+class FramingSampler(Sampler):
+    """:class:`Sampler`'s minibatches, a ``framed_fraction`` of them replaced by crops cut from photos at
+    a random framing: the crop square is the face's FFHQ square (from its 68 landmarks, as
+    pulse_ext.align) scaled by s (log-uniform in ``scale_range``), its centre moved by up to ``max_shift``
+    half-sides along its axes, rotated by up to ``max_rotation`` degrees — a continuous range from
+    tighter than UTKFace to wider than the whole CelebA photo. Cut with one batched bilinear
+    ``grid_sample`` at twice the resolution (reflection outside the photo) and a 2x2 mean, then x-flipped
+    as the rest. Every draw comes from the one RNG ``gen``, so resume stays exact.
+
+    photos: uint8 [P, 3, H, W]; landmarks: [P, 68, 2] pixel-index coordinates.
+    """
+
+    def __init__(self, images: torch.Tensor, batch: int, xflip: bool, seed: int, photos: torch.Tensor,
+                 landmarks, framed_fraction: float = 0.5, scale_range=(0.6, 1.3), max_shift: float = 0.3,
+                 max_rotation: float = 8.0):
+        from pulse_ext.align import face_quad
+
+        super().__init__(images, batch, xflip, seed)
+        if not 0 <= framed_fraction <= 1:
+            raise ValueError(f"framed_fraction must be in [0, 1], got {framed_fraction}")
+        self.photos = photos
+        quads = np.stack([face_quad(lm, "ffhq") for lm in np.asarray(landmarks, np.float64)])
+        self.centre = torch.from_numpy(quads.mean(1))  # [P, 2]
+        self.half_x = torch.from_numpy((quads[:, 2] + quads[:, 3]) / 2 - quads.mean(1))  # to the right edge
+        self.half_y = torch.from_numpy((quads[:, 1] + quads[:, 2]) / 2 - quads.mean(1))  # to the bottom edge
+        self.framed_fraction = float(framed_fraction)
+        self.log_scale = (math.log(scale_range[0]), math.log(scale_range[1]))
+        self.max_shift = float(max_shift)
+        self.max_rotation = math.radians(max_rotation)
+
+    def framed(self, count: int, resolution: int) -> torch.Tensor:
+        """``count`` random framed crops, uint8-range float [count, 3, resolution, resolution]."""
+        g = self.gen
+        idx = torch.randint(self.photos.shape[0], (count,), generator=g)
+        u = torch.rand(count, 4, generator=g, dtype=torch.float64)
+        scale = torch.exp(self.log_scale[0] + (self.log_scale[1] - self.log_scale[0]) * u[:, 0])
+        shift = (u[:, 1:3] * 2 - 1) * self.max_shift
+        angle = (u[:, 3] * 2 - 1) * self.max_rotation
+        hx, hy = self.half_x[idx], self.half_y[idx]
+        centre = self.centre[idx] + shift[:, :1] * hx + shift[:, 1:] * hy
+        cos, sin = torch.cos(angle)[:, None], torch.sin(angle)[:, None]
+
+        def turn(v):  # rotate [count, 2] vectors by angle, then scale
+            return torch.stack([v[:, 0] * cos[:, 0] - v[:, 1] * sin[:, 0],
+                                v[:, 0] * sin[:, 0] + v[:, 1] * cos[:, 0]], 1) * scale[:, None]
+
+        hx, hy = turn(hx), turn(hy)
+        h, w = self.photos.shape[-2:]
+        size = torch.tensor([w, h], dtype=torch.float64)
+        # output (u, v) in [-1, 1] -> pixel centre + u hx + v hy -> grid_sample's normalised coordinates
+        theta = torch.stack([hx * 2 / size, hy * 2 / size, (centre + 0.5) * 2 / size - 1], 2).float()
+        src = self.photos[idx.to(self.photos.device)].float()
+        grid = torch.nn.functional.affine_grid(theta.to(src.device), [count, 3, 2 * resolution, 2 * resolution],
+                                               align_corners=False)
+        crops = torch.nn.functional.grid_sample(src, grid, mode="bilinear", padding_mode="reflection",
+                                                align_corners=False)
+        return torch.nn.functional.avg_pool2d(crops, 2)
+
+    def next(self, device, memory_format=torch.contiguous_format) -> torch.Tensor:
+        g = self.gen
+        idx = torch.randint(self.images.shape[0], (self.batch,), generator=g)
+        x = self.images[idx.to(self.images.device)].float()
+        framed = torch.rand(self.batch, generator=g) < self.framed_fraction
+        n = int(framed.sum())
+        if n:
+            x[framed.to(x.device)] = self.framed(n, x.shape[-1]).to(x.device)
+        if self.xflip:
+            flip = torch.rand(self.batch, generator=g) < 0.5
+            x = torch.where(flip.to(x.device).reshape(-1, 1, 1, 1), x.flip(3), x)
+        x = x.to(device, non_blocking=True).div_(127.5).sub_(1.0)
+        return x.contiguous(memory_format=memory_format)
+
+
+def load_framing_photos(folder: str):
+    """photos uint8 [P, 3, H, W] and landmarks [P, 68, 2] from python/prepare_framing.py's OUT/photos.npz."""
+    data = np.load(os.path.join(folder, "photos.npz"))
+    photos = torch.from_numpy(np.ascontiguousarray(data["photos"])).permute(0, 3, 1, 2).contiguous()
+    return photos, data["landmarks"]
+
+
 # ----------------------------------------------------------------------------------------------
 # Models
 
@@ -155,7 +235,7 @@ def _mapping(G, z, skip_update=False):
 
 class Trainer:
     def __init__(self, cfg: dict, device="cpu", seed: int = 0, bf16: bool = False, channels_last: bool = False,
-                 images: Optional[torch.Tensor] = None):
+                 images: Optional[torch.Tensor] = None, framing: Optional[dict] = None):
         self.cfg = dict(cfg)
         self.device = torch.device(device)
         self.seed = seed
@@ -169,7 +249,11 @@ class Trainer:
             self.D.to(memory_format=torch.channels_last)
             self.G_ema.to(memory_format=torch.channels_last)
         self.optG, self.optD = make_optimizers(self.G, self.D, self.cfg)
-        self.sampler = Sampler(images, self.cfg["batch"], self.cfg["xflip"], seed + 1) if images is not None else None
+        self.sampler = None
+        if images is not None and framing:  # framing: FramingSampler's photos, landmarks and options
+            self.sampler = FramingSampler(images, self.cfg["batch"], self.cfg["xflip"], seed + 1, **framing)
+        elif images is not None:
+            self.sampler = Sampler(images, self.cfg["batch"], self.cfg["xflip"], seed + 1)
         self.step = 0
         self.nimg = 0
         self.train_seconds = 0.0
@@ -544,6 +628,10 @@ def parse_args(argv=None):
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--resume", action="store_true", help="resume from the latest ckpt-*.pt in --out")
     ap.add_argument("--resume-from", help="resume from this checkpoint file / compact file / parts dir")
+    ap.add_argument("--framing-data", metavar="DIR",
+                    help="python/prepare_framing.py output: mix in crops of these photos at random framings")
+    ap.add_argument("--framing-fraction", type=float, default=0.5,
+                    help="share of each batch cut from --framing-data (default %(default)s)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", type=int, default=3, help="ckpt-*.pt files kept (newest)")
     ap.add_argument("--milestone-kimg", type=float, default=100,
@@ -666,7 +754,15 @@ def main(argv=None) -> int:
         raise SystemExit(f"data is {images.shape[-1]} px but the config wants {cfg['resolution']}")
     if device.type == "cuda":
         images = images.to(device)  # 22.5 k x 12 KiB uint8: keep the whole set on the GPU
-    trainer = Trainer(cfg, device=device, seed=seed, bf16=args.bf16, channels_last=args.channels_last, images=images)
+    framing = None
+    if args.framing_data:
+        photos, landmarks = load_framing_photos(args.framing_data)
+        framing = {"photos": photos.to(device) if device.type == "cuda" else photos, "landmarks": landmarks,
+                   "framed_fraction": args.framing_fraction}
+        log(json.dumps({"event": "framing_data", "photos": int(photos.shape[0]), "folder": args.framing_data,
+                        "framed_fraction": args.framing_fraction}))
+    trainer = Trainer(cfg, device=device, seed=seed, bf16=args.bf16, channels_last=args.channels_last, images=images,
+                      framing=framing)
     if resume_sd is not None:
         # Unchanged config => exact continuation; a changed batch/lr/r1_gamma/pl_weight keeps weights and
         # Adam moments and re-derives the Adam hyperparameters (lazy-regularisation correction included).

@@ -217,3 +217,57 @@ def test_carry_file_round_trips_the_faces_and_loads_like_the_npz(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no faces.npz or images in"):
         load_faces(str(tmp_path / "empty"))
+
+
+def _framing_photo(h=90, w=70):
+    """A synthetic photo with landmarks: a smooth colour ramp, its 68 points on a plausible face layout."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    photo = np.stack([xx * 255 / (w - 1), yy * 255 / (h - 1), (xx + yy) * 127 / (w + h)], -1).astype(np.uint8)
+    lm = np.zeros((68, 2))
+    lm[36:42] = (25, 40)   # left eye
+    lm[42:48] = (45, 40)   # right eye
+    lm[48], lm[54] = (28, 62), (42, 62)  # mouth corners
+    return photo, lm
+
+
+def test_framing_sampler_cuts_the_ffhq_square_like_pulse_ext_align():
+    """At scale 1, no shift, no rotation, the sampler's crop is pulse_ext.align's FFHQ crop of the photo
+    (the same square; resampling differs a little)."""
+    from PIL import Image
+
+    from pulse_ext.align import crop_quad, face_quad
+
+    photo, lm = _framing_photo()
+    photos = torch.from_numpy(photo).permute(2, 0, 1)[None].contiguous()
+    images = torch.zeros(4, 3, 32, 32, dtype=torch.uint8)
+    sampler = tg.FramingSampler(images, 4, False, 0, photos, lm[None], framed_fraction=1.0, scale_range=(1.0, 1.0),
+                                max_shift=0.0, max_rotation=0.0)
+    crop = sampler.framed(2, 32)
+    assert crop.shape == (2, 3, 32, 32)
+    expected = np.asarray(crop_quad(Image.fromarray(photo), face_quad(lm, "ffhq"), 32), np.float64)
+    got = crop[0].permute(1, 2, 0).numpy()
+    inside = slice(4, 28)  # away from the borders, where the two pad the photo differently
+    assert np.abs(got[inside, inside] - expected[inside, inside]).mean() < 1.0  # 1.15x scale: 5.8, 5 deg: 2.2
+    torch.testing.assert_close(crop[0], crop[1])
+
+
+def test_framing_sampler_mixes_and_resumes_exactly():
+    photo, lm = _framing_photo()
+    photos = torch.from_numpy(photo).permute(2, 0, 1)[None].contiguous()
+    images = torch.full((8, 3, 16, 16), 7, dtype=torch.uint8)
+
+    def make():
+        return tg.FramingSampler(images, 64, True, 3, photos, lm[None], framed_fraction=0.25)
+
+    a = make()
+    batch = a.next("cpu")
+    assert batch.shape == (64, 3, 16, 16) and float(batch.min()) >= -1 and float(batch.max()) <= 1
+    plain = (batch == 7 / 127.5 - 1).flatten(1).all(1)
+    assert 5 <= int((~plain).sum()) <= 30  # about a quarter framed
+    state = a.gen.get_state()
+    after = a.next("cpu")
+    b = make()
+    b.gen.set_state(state)
+    torch.testing.assert_close(b.next("cpu"), after)  # the RNG the checkpoint saves is all the state
+    with pytest.raises(ValueError, match="framed_fraction"):
+        tg.FramingSampler(images, 4, False, 0, photos, lm[None], framed_fraction=1.5)
