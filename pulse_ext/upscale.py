@@ -41,6 +41,9 @@ class UpscaleResult:
     per candidate. best_index: the restart that gave candidates[0]. seed: the seed actually used (pass
     it back to reproduce). timings: seconds for load, stats, search (and per step), total.
     search: the full ``SearchResult`` (every restart). low_res_input: the input as [1, C, h, w] in [0, 1].
+    frame_box: with ``framing_search``, the square of the input searched ({"left", "top", "side"} in
+    input pixels; l2 and the outputs' downscales refer to it); framing_probe: every box tried, with the
+    L2 its short search reached.
     """
     candidates: List["object"]
     tensors: torch.Tensor
@@ -53,6 +56,8 @@ class UpscaleResult:
     timings: Dict[str, float] = field(default_factory=dict)
     search: Optional[SearchResult] = None
     low_res_input: Optional[torch.Tensor] = None
+    frame_box: Optional[Dict[str, int]] = None
+    framing_probe: Optional[List[dict]] = None
 
     @property
     def image(self):
@@ -234,7 +239,8 @@ DEFAULT_STEPS = 200
 def upscale(image, *, generator=None, restarts: int = 8, steps: int = DEFAULT_STEPS, num_outputs: int = 1, eps: float = 2e-3,
             loss: str = "100*L2+0.05*GEOCROSS", seed: Optional[int] = None,
             device: Optional[Union[str, torch.device]] = None, progress: Union[bool, str] = False,
-            return_result: bool = False, callback=None, callback_every: int = 1, **options):
+            return_result: bool = False, callback=None, callback_every: int = 1, framing_search: bool = False,
+            **options):
     """Super-resolve one face image with PULSE on a StyleGAN2 generator.
 
     Args:
@@ -256,6 +262,10 @@ def upscale(image, *, generator=None, restarts: int = 8, steps: int = DEFAULT_ST
         return_result: return an ``UpscaleResult`` (candidates, L2s, flags, seed, timings) instead of images.
         callback, callback_every: passed to ``PULSE.search``: ``callback(SearchProgress)`` every
             ``callback_every`` steps and after the last (e.g. to record the search); None costs nothing.
+        framing_search: for inputs framed looser than the generator's faces (a whole photo, FFHQ-style):
+            first probe square boxes of the input with a short search each and search only the best
+            (``pulse_ext.pulse.framing``); the output is then the face drawn for that box, and
+            ``UpscaleResult.frame_box`` says which. Needs downscale="area"; costs about 2x.
         **options: forwarded to ``PULSE``: learning_rate, optimizer, lr_schedule, noise_type,
             num_trainable_noise_layers, bad_noise_layers, tile_latent, downscale ("area" | "bicubic"),
             sync_every, drop_converged, latent_stats, stats_samples, impl, search_resolution,
@@ -274,6 +284,7 @@ def upscale(image, *, generator=None, restarts: int = 8, steps: int = DEFAULT_ST
     load_seconds = time.perf_counter() - start
     resolution = generator.img_resolution
     x = image_to_tensor(image, generator.img_channels)
+    low_res_input = x
     h, w = x.shape[-2:]
     searcher = PULSE(generator, loss=loss, eps=eps, steps=steps, **options)  # (checks the options first)
     problem = target_size_problem((resolution, resolution), (h, w), searcher.downscale)
@@ -281,12 +292,32 @@ def upscale(image, *, generator=None, restarts: int = 8, steps: int = DEFAULT_ST
         raise ValueError(f"image size {w}x{h} does not fit the {resolution}x{resolution} generator: {problem}")
     if seed is None:
         seed = secrets.randbits(63)
+    search_device = next(generator.parameters()).device
+
+    def split_warning(text):
+        warnings.warn(f"PULSE: {text}", PulseMemoryWarning, stacklevel=3)
+
+    frame_box, probe = None, None
+    if framing_search:
+        from pulse_ext.pulse.framing import (DEFAULT_PROBE_RESTARTS, DEFAULT_PROBE_STEPS, candidate_boxes,
+                                             probe_boxes)
+
+        if searcher.downscale != "area":
+            raise ValueError(f"framing_search compares boxes of any size, which needs downscale='area', "
+                             f"got downscale={searcher.downscale!r}")
+        short = PULSE(generator, loss=loss, eps=eps, steps=min(DEFAULT_PROBE_STEPS, int(steps)), **options)
+        box, probe = probe_boxes(
+            lambda t, s: search_in_parts(short, t, s, search_device, on_split=split_warning),
+            x, candidate_boxes(h, w),
+            lambda i: [restart_seed(int(seed), 1 + i, r) for r in range(DEFAULT_PROBE_RESTARTS)])
+        frame_box = box.as_dict()
+        x = box.crop(x)
     # Restarts that would not fit the memory available are searched in batches (the same results: a
     # restart depends only on its seed), with a PulseMemoryWarning saying so.
     seeds = [[restart_seed(int(seed), 0, r) for r in range(int(restarts))]]
-    result = search_in_parts(searcher, x.reshape(1, *x.shape[-3:]), seeds, next(generator.parameters()).device,
-                             on_split=lambda text: warnings.warn(f"PULSE: {text}", PulseMemoryWarning, stacklevel=3),
-                             progress=progress, callback=callback, callback_every=callback_every)
+    result = search_in_parts(searcher, x.reshape(1, *x.shape[-3:]).contiguous(), seeds, search_device,
+                             on_split=split_warning, progress=progress, callback=callback,
+                             callback_every=callback_every)
 
     picked = select_candidates(result, int(num_outputs))
     converged = [bool(result.converged[0, r]) for r in picked]
@@ -308,4 +339,4 @@ def upscale(image, *, generator=None, restarts: int = 8, steps: int = DEFAULT_ST
     timings = {**result.timings, "load_s": load_seconds, "total_s": time.perf_counter() - start}
     return UpscaleResult(candidates=candidates, tensors=tensors, l2=l2, converged=converged, restart_indices=picked,
                          best_index=picked[0], seed=int(seed), steps_run=result.steps_run, timings=timings,
-                         search=result, low_res_input=x)
+                         search=result, low_res_input=low_res_input, frame_box=frame_box, framing_probe=probe)
