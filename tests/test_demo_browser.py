@@ -78,6 +78,23 @@ def _cards(driver):
     return driver.find_elements(By.CSS_SELECTOR, "#searches .search")
 
 
+def _open(browser, server):
+    """Load the page and wait until it has read the server's config."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(server.url)
+    _wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#generator option"), 20, "the page's config")
+
+
+def _submit(browser, image, **fields):
+    """Choose ``image``, fill the form's ``fields`` and press the start button."""
+    from selenium.webdriver.common.by import By
+
+    browser.find_element(By.ID, "file").send_keys(str(image))
+    _fill(browser, **fields)
+    browser.find_element(By.ID, "start").click()
+
+
 def test_upload_search_see_outputs_and_download_one(browser, tmp_path):
     from selenium.webdriver.common.by import By
 
@@ -86,11 +103,8 @@ def test_upload_search_see_outputs_and_download_one(browser, tmp_path):
 
     face = _face(tmp_path / "face16.png")
     with running_demo() as server:
-        browser.get(server.url)
-        _wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#generator option"), 20, "the page's config")
-        browser.find_element(By.ID, "file").send_keys(str(face))
-        _fill(browser, restarts=4, steps=60, num_outputs=3, seed=11)
-        browser.find_element(By.ID, "start").click()
+        _open(browser, server)
+        _submit(browser, face, restarts=4, steps=60, num_outputs=3, seed=11)
         card = _wait_for(lambda: (_cards(browser) or [None])[0], 20, "the search to appear")
         # live: a running search shows its step and current best images before it ends
         _wait_for(lambda: card.get_attribute("data-state") in ("running", "done"), 60, "the search to start")
@@ -129,17 +143,13 @@ def test_a_broken_file_shows_an_error_and_the_server_keeps_serving(browser, tmp_
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n this is not a picture")
     with running_demo() as server:
-        browser.get(server.url)
-        _wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#generator option"), 20, "the page's config")
-        browser.find_element(By.ID, "file").send_keys(str(broken))
-        browser.find_element(By.ID, "start").click()
+        _open(browser, server)
+        _submit(browser, broken)
         error = _wait_for(lambda: browser.find_element(By.ID, "form-error").text, 20, "the error message")
         assert error.startswith("cannot read broken.png"), error
         assert not _cards(browser)
         # the same page goes on working
-        browser.find_element(By.ID, "file").send_keys(str(_face(tmp_path / "ok.png")))
-        _fill(browser, restarts=2, steps=5, num_outputs=1)
-        browser.find_element(By.ID, "start").click()
+        _submit(browser, _face(tmp_path / "ok.png"), restarts=2, steps=5, num_outputs=1)
         card = _wait_for(lambda: (_cards(browser) or [None])[0], 20, "the search to appear")
         _wait_for(lambda: card.get_attribute("data-state") == "done", 120, "the search to finish")
 
@@ -150,12 +160,10 @@ def test_an_oversized_upload_and_alignment_without_dlib_are_explained(browser, t
     big = tmp_path / "big.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8)).save(big)
     with running_demo(DemoLimits(max_upload_bytes=50_000), align_unavailable="dlib is not installed here") as server:
-        browser.get(server.url)
-        _wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#generator option"), 20, "the page's config")
+        _open(browser, server)
         assert not browser.find_element(By.ID, "align").is_enabled()
         assert "dlib is not installed here" in browser.find_element(By.ID, "align-note").text
-        browser.find_element(By.ID, "file").send_keys(str(big))
-        browser.find_element(By.ID, "start").click()
+        _submit(browser, big)
         error = _wait_for(lambda: browser.find_element(By.ID, "form-error").text, 20, "the error message")
         kb = big.stat().st_size / 1024
         assert error == f"big.png is {kb:.1f} KB; this demo takes images up to 48.8 KB.", error
@@ -166,11 +174,8 @@ def test_two_searches_at_once_queue(browser, tmp_path):
 
     face = _face(tmp_path / "face16.png")
     with running_demo() as server:
-        browser.get(server.url)
-        _wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#generator option"), 20, "the page's config")
-        browser.find_element(By.ID, "file").send_keys(str(face))
-        _fill(browser, restarts=4, steps=400, num_outputs=1, seed=1)
-        browser.find_element(By.ID, "start").click()
+        _open(browser, server)
+        _submit(browser, face, restarts=4, steps=400, num_outputs=1, seed=1)
         _wait_for(lambda: len(_cards(browser)) == 1, 20, "the first search")
         _fill(browser, steps=10, seed=2)
         browser.find_element(By.ID, "start").click()
