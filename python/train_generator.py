@@ -81,12 +81,16 @@ class Sampler:
 
     def next(self, device, memory_format=torch.contiguous_format) -> torch.Tensor:
         idx = torch.randint(self.images.shape[0], (self.batch,), generator=self.gen)
-        x = self.images[idx.to(self.images.device)]
+        x = self.mix_in(self.images[idx.to(self.images.device)].float())
         if self.xflip:
             flip = torch.rand(self.batch, generator=self.gen) < 0.5
             x = torch.where(flip.to(x.device).reshape(-1, 1, 1, 1), x.flip(3), x)
-        x = x.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+        x = x.to(device, non_blocking=True).div_(127.5).sub_(1.0)
         return x.contiguous(memory_format=memory_format)
+
+    def mix_in(self, x: torch.Tensor) -> torch.Tensor:
+        """Hook between drawing the batch (uint8-range float) and flipping it; draws nothing here."""
+        return x
 
 
 class FramingSampler(Sampler):
@@ -147,19 +151,12 @@ class FramingSampler(Sampler):
                                                 align_corners=False)
         return torch.nn.functional.avg_pool2d(crops, 2)
 
-    def next(self, device, memory_format=torch.contiguous_format) -> torch.Tensor:
-        g = self.gen
-        idx = torch.randint(self.images.shape[0], (self.batch,), generator=g)
-        x = self.images[idx.to(self.images.device)].float()
-        framed = torch.rand(self.batch, generator=g) < self.framed_fraction
+    def mix_in(self, x: torch.Tensor) -> torch.Tensor:
+        framed = torch.rand(x.shape[0], generator=self.gen) < self.framed_fraction
         n = int(framed.sum())
         if n:
             x[framed.to(x.device)] = self.framed(n, x.shape[-1]).to(x.device)
-        if self.xflip:
-            flip = torch.rand(self.batch, generator=g) < 0.5
-            x = torch.where(flip.to(x.device).reshape(-1, 1, 1, 1), x.flip(3), x)
-        x = x.to(device, non_blocking=True).div_(127.5).sub_(1.0)
-        return x.contiguous(memory_format=memory_format)
+        return x
 
 
 def load_framing_photos(folder: str):
