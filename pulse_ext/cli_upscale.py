@@ -75,6 +75,7 @@ def add_arguments(parser):
     from pulse_ext.pulse.optim import LR_SCHEDULES, OPTIMIZERS
     from pulse_ext.pulse.progressive import PRECISIONS
     from pulse_ext.pulse.search import NOISE_TYPES
+    from pulse_ext.diagnosis import REALISM_CHECKS
     from pulse_ext.upscale import DEFAULT_STEPS
 
     _one_line_error(parser)
@@ -113,6 +114,13 @@ def add_arguments(parser):
                         help="bf16: search with the generator's 3x3 convolutions in bfloat16 (faster on CPUs with "
                              "AVX512-BF16/AMX and tensor-core GPUs), then render, check and refine the results in "
                              "fp32 (default %(default)s; docs/performance.md)")
+    parser.add_argument("--framing-search", action="store_true",
+                        help="for tiny inputs framed looser than the generator's faces (FFHQ-style, a whole photo): "
+                             "first probe square boxes of the input with short searches and search the best one; the "
+                             "output is the face drawn for that box (recorded in the JSON; docs/pulse.md)")
+    parser.add_argument("--realism-check", choices=REALISM_CHECKS, default="auto",
+                        help="score the best output with dlib's face detector and warn when it does not look like a "
+                             "face: auto (default) when dlib is installed, on (an error without it), off")
     parser.add_argument("--num-outputs", type=_positive_int, default=1, metavar="K",
                         help="K distinct faces per input, converged ones first; K <= restarts (default %(default)s)")
     parser.add_argument("--save-all", action="store_true", help="also write every restart's result (NAME.restartNN)")

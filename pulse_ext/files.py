@@ -21,13 +21,14 @@ import time
 import warnings
 from pathlib import Path
 
+from pulse_ext.diagnosis import check_realism_option
 from pulse_ext.errors import PROG, UserError
 from pulse_ext.io import (IMAGE_SUFFIXES, image_format, make_output_folder, probe_writable, read_image, save_gif,
                           save_image, save_json)
 from pulse_ext.jobs import check_search_options, search_options
 from pulse_ext.runtime import resolve_device
-from pulse_ext.upscale import (PulseConvergenceWarning, PulseMemoryWarning, fit_size, resized_size, size_problem,
-                               tensor_to_pil, upscale)
+from pulse_ext.upscale import (PulseConvergenceWarning, PulseMemoryWarning, PulseRealismWarning, fit_size,
+                               resized_size, size_problem, tensor_to_pil, upscale)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -159,6 +160,10 @@ def upscale_files(args) -> int:
 
     # 1. options and inputs, before anything slow.
     check_search_options(args)
+    try:
+        check_realism_option(args.realism_check)
+    except RuntimeError as exc:  # --realism-check on without dlib
+        raise UserError(f"--realism-check on: {exc}") from None
     device = resolve_device(args.device, "--device")
     images = [read_image(path) for path in args.inputs]
 
@@ -195,7 +200,8 @@ def upscale_files(args) -> int:
                         "optimizer": args.optimizer, "lr_schedule": args.lr_schedule, "noise_type": args.noise_type,
                         "downscale": args.downscale, "precision": args.precision, "save_all": args.save_all,
                         "save_intermediate": args.save_intermediate, "intermediate_every": args.intermediate_every,
-                        "strict": args.strict, "resize": args.resize, "overwrite": args.overwrite}
+                        "strict": args.strict, "resize": args.resize, "overwrite": args.overwrite,
+                        "framing_search": args.framing_search, "realism_check": args.realism_check}
     generator_info = _describe_generator(args.generator, G)
     make_output_folder(folder)
 
@@ -207,6 +213,7 @@ def upscale_files(args) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", PulseConvergenceWarning)
             warnings.simplefilter("always", PulseMemoryWarning)
+            warnings.simplefilter("always", PulseRealismWarning)
             record = warnings.showwarning  # what catch_warnings(record=True) installed: appends to caught
 
             def show(message, category, *rest, **kwargs):
@@ -221,11 +228,12 @@ def upscale_files(args) -> int:
                 result = upscale(image, generator=G, restarts=args.restarts, steps=args.steps,
                                  num_outputs=args.num_outputs, eps=args.eps, loss=args.loss, seed=seed, device=device,
                                  progress=False if args.quiet else label, return_result=True, callback=frames,
-                                 callback_every=args.intermediate_every, **options)
+                                 callback_every=args.intermediate_every, framing_search=args.framing_search,
+                                 realism_check=args.realism_check, original_size=original_sizes[index], **options)
             except ValueError as exc:  # an option the search refuses (e.g. a loss the generator cannot use)
                 raise UserError(str(exc)) from None
         for warning in caught:
-            if issubclass(warning.category, PulseConvergenceWarning):
+            if issubclass(warning.category, (PulseConvergenceWarning, PulseRealismWarning)):
                 warn(f"{path}: {str(warning.message).removeprefix('PULSE: ')}")
             else:
                 warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
@@ -265,6 +273,9 @@ def upscale_files(args) -> int:
                          for r in range(args.restarts)],
             "converged": bool(search.converged[0].any()),
             "num_converged": int(search.converged[0].sum()),
+            "diagnosis": result.diagnosis.as_dict(),
+            "frame_box": result.frame_box,
+            "framing_probe": result.framing_probe,
             "intermediate": ({"path": str(plan["gif"]), "frames": len(frames.frames), "steps": frames.steps}
                              if frames is not None and frames.frames else None),
             "seed": int(seed),

@@ -35,6 +35,7 @@ from typing import Dict, List, Sequence
 
 import torch
 
+from pulse_ext.diagnosis import check_realism_option, diagnose
 from pulse_ext.errors import PROG, UserError
 from pulse_ext.io import ImageReadError, atomic_write, make_output_folder, probe_writable, read_image, save_image
 from pulse_ext.pulse.batching import row_bytes_for, rows_that_fit, search_split
@@ -268,10 +269,16 @@ def _resolve_job_device(text, local_rank):
 def run_job(args) -> int:
     """``pulse-ext upscale`` on folders (or with ``--align``): see the module docstring."""
     started = time.perf_counter()
-    for flag, name in ((args.save_all, "--save-all"), (args.save_intermediate, "--save-intermediate")):
+    for flag, name in ((args.save_all, "--save-all"), (args.save_intermediate, "--save-intermediate"),
+                       (getattr(args, "framing_search", False), "--framing-search")):
         if flag:
             raise UserError(f"{name} is not supported for folder jobs (or --align); run single files for it")
     check_search_options(args)
+    realism_check = getattr(args, "realism_check", "auto")
+    try:
+        check_realism_option(realism_check)
+    except RuntimeError as exc:  # --realism-check on without dlib
+        raise UserError(f"--realism-check on: {exc}") from None
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {out}: folder jobs write to a folder, and {out} is a file")
@@ -351,6 +358,7 @@ def _run_ranked(args, out, inputs, aligner, dist, started):
     G = load_generator(args.generator, device=device)
     resolution, channels = G.img_resolution, G.img_channels
     align_size = getattr(args, "align_size", None) or max(resolution // 4, 1)
+    realism_check = getattr(args, "realism_check", "auto")
     align_problem = size_problem((align_size, align_size), resolution, args.downscale) if aligner else None
     if align_problem:
         raise UserError(f"--align-size {align_size} does not fit the {resolution}x{resolution} generator: "
@@ -456,11 +464,16 @@ def _run_ranked(args, out, inputs, aligner, dist, started):
                     save_image(tensor_to_pil(result.images[b, r].detach().float().clamp(0, 1).cpu()), out / out_name)
                 outputs.extend(names)
                 best = picked[0]
+                diagnosis = diagnose(met_eps=bool(result.converged[b].any()), best_l2=float(result.l2[b, best]),
+                                     eps=args.eps, best_image=result.images[b, best],
+                                     input_size=item.info.get("input_size", targets.shape[-1:-3:-1]),
+                                     aligned=aligner is not None, realism_check=realism_check)
                 faces.append({"outputs": names, "seed": seed, "loss": float(result.loss[b, best]),
                               "l2": float(result.l2[b, best]), "converged": bool(result.converged[b].any()),
                               "num_converged": int(result.converged[b].sum()), "restart": best,
                               "losses": [float(result.loss[b, r]) for r in picked],
-                              "l2s": [float(result.l2[b, r]) for r in picked]})
+                              "l2s": [float(result.l2[b, r]) for r in picked],
+                              "diagnosis": diagnosis.as_dict()})
             index += len(item.stems)
             share = search_seconds * len(item.stems) / max(targets.shape[0], 1)
             record = {"input": item.name, "path": str(item.path), "outputs": outputs,
@@ -469,16 +482,18 @@ def _run_ranked(args, out, inputs, aligner, dist, started):
                       "converged": all(f["converged"] for f in faces),
                       "seed": faces[0]["seed"] if len(faces) == 1 else [f["seed"] for f in faces],
                       "time": share + (t0 - item.started if item.started else 0.0), "search_s": share,
-                      "error": None, **item.info, **common}
+                      "error": None, **item.info, **common,
+                      "diagnosis": faces[0]["diagnosis"] if len(faces) == 1 else [f["diagnosis"] for f in faces]}
             if aligner is not None:
                 record["faces_detail"] = faces
             writer.append(record)
             if not record["converged"]:
                 unconverged.append(item.name)
-                hint = ("" if aligner is not None else
-                        "; if the face is framed unlike the generator's training data, --align may help")
-                warn(f"{item.path}: no restart met eps={args.eps} (best L2 "
-                     f"{min(f['l2'] for f in faces):.3g}); the best was written{hint}")
+            for face_stem, face in zip(item.stems, faces):
+                if not face["diagnosis"]["ok"]:
+                    which = f" ({face_stem})" if len(faces) > 1 else ""
+                    problems = "; ".join(face["diagnosis"]["problems"])
+                    warn(f"{item.path}{which}: {problems}; the best was written. Try: {face['diagnosis']['advice']}")
             l2_text = ", ".join(f"{f['l2']:.3g}" for f in faces)
             say(f"wrote {', '.join(outputs)} (L2 {l2_text}, {share:.1f}s)")
 

@@ -10,11 +10,12 @@ import secrets
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
+from pulse_ext.diagnosis import Diagnosis, check_realism_option, diagnose
 from pulse_ext.pulse.batching import search_in_parts
 from pulse_ext.pulse.latent import restart_seed
 from pulse_ext.pulse.losses import target_size_problem
@@ -26,6 +27,10 @@ _LUMA = (0.299, 0.587, 0.114)
 
 class PulseConvergenceWarning(UserWarning):
     """No restart (or fewer than num_outputs restarts) reached L2 < eps; the best found is returned."""
+
+
+class PulseRealismWarning(UserWarning):
+    """The best output met eps but does not look like a face (``pulse_ext.realism``); the message says what to try."""
 
 
 class PulseMemoryWarning(UserWarning):
@@ -43,7 +48,8 @@ class UpscaleResult:
     search: the full ``SearchResult`` (every restart). low_res_input: the input as [1, C, h, w] in [0, 1].
     frame_box: with ``framing_search``, the square of the input searched ({"left", "top", "side"} in
     input pixels; l2 and the outputs' downscales refer to it); framing_probe: every box tried, with the
-    L2 its short search reached.
+    L2 its short search reached. diagnosis: did the best output meet eps, does it look like a face
+    (dlib, when installed), and what to try if not (``pulse_ext.diagnosis.Diagnosis``).
     """
     candidates: List["object"]
     tensors: torch.Tensor
@@ -58,6 +64,7 @@ class UpscaleResult:
     low_res_input: Optional[torch.Tensor] = None
     frame_box: Optional[Dict[str, int]] = None
     framing_probe: Optional[List[dict]] = None
+    diagnosis: Optional[Diagnosis] = None
 
     @property
     def image(self):
@@ -240,7 +247,7 @@ def upscale(image, *, generator=None, restarts: int = 8, steps: int = DEFAULT_ST
             loss: str = "100*L2+0.05*GEOCROSS", seed: Optional[int] = None,
             device: Optional[Union[str, torch.device]] = None, progress: Union[bool, str] = False,
             return_result: bool = False, callback=None, callback_every: int = 1, framing_search: bool = False,
-            **options):
+            realism_check: Union[str, bool] = "auto", original_size: Optional[Tuple[int, int]] = None, **options):
     """Super-resolve one face image with PULSE on a StyleGAN2 generator.
 
     Args:
@@ -266,13 +273,19 @@ def upscale(image, *, generator=None, restarts: int = 8, steps: int = DEFAULT_ST
             first probe square boxes of the input with a short search each and search only the best
             (``pulse_ext.pulse.framing``); the output is then the face drawn for that box, and
             ``UpscaleResult.frame_box`` says which. Needs downscale="area"; costs about 2x.
+        realism_check: "auto" (default: when dlib is installed), "on" / True (RuntimeError without dlib),
+            "off" / False: score the best output with dlib's face detector (``pulse_ext.realism``) and
+            warn (``PulseRealismWarning``) when it does not look like a face; ``UpscaleResult.diagnosis``.
+        original_size: (width, height) of the image before the caller shrank it to fit the generator, if
+            it did: a photo gets different advice (align it) than a tiny input (the framing search).
         **options: forwarded to ``PULSE``: learning_rate, optimizer, lr_schedule, noise_type,
             num_trainable_noise_layers, bad_noise_layers, tile_latent, downscale ("area" | "bicubic"),
             sync_every, drop_converged, latent_stats, stats_samples, impl, search_resolution,
             refine_steps, precision ("fp32" | "bf16"), cuda_graph.
     Returns:
         A PIL image (num_outputs=1), a list of K PIL images, or an ``UpscaleResult``.
-        If no restart reaches eps, the best found is still returned, with a ``PulseConvergenceWarning``.
+        If no restart reaches eps, the best found is still returned, with a ``PulseConvergenceWarning``
+        that says what to try (``pulse_ext.diagnosis``).
         Restarts that do not fit the memory available at once (CPU: estimated from the generator's layer
         shapes; CUDA: on an out-of-memory error) are searched in batches, with a ``PulseMemoryWarning``;
         the results are the same (each restart depends only on its seed), callbacks see each batch in turn.
@@ -280,6 +293,7 @@ def upscale(image, *, generator=None, restarts: int = 8, steps: int = DEFAULT_ST
     start = time.perf_counter()
     if int(num_outputs) < 1 or int(num_outputs) > int(restarts):
         raise ValueError(f"num_outputs must be between 1 and restarts={restarts}, got {num_outputs}")
+    realism_check = check_realism_option(realism_check)
     generator = _resolve_generator(generator, device)
     load_seconds = time.perf_counter() - start
     resolution = generator.img_resolution
@@ -322,16 +336,23 @@ def upscale(image, *, generator=None, restarts: int = 8, steps: int = DEFAULT_ST
     picked = select_candidates(result, int(num_outputs))
     converged = [bool(result.converged[0, r]) for r in picked]
     l2 = [float(result.l2[0, r]) for r in picked]
-    if not any(result.converged[0].tolist()):
+    tensors = result.images[0, picked].detach().float().clamp(0, 1).cpu()
+    met_eps = any(result.converged[0].tolist())
+    diagnosis = diagnose(met_eps=met_eps, best_l2=l2[0], eps=eps, best_image=tensors[0],
+                         input_size=tuple(original_size) if original_size is not None else (w, h),
+                         framing_search=framing_search, realism_check=realism_check)
+    realism = (f" {diagnosis.problems[-1][0].upper()}{diagnosis.problems[-1][1:]}." if diagnosis.face_like is False
+               else "")
+    if not met_eps:
         warnings.warn(f"PULSE: no restart of {restarts} reached L2 < eps={eps} in {steps} steps (best L2 "
-                      f"{min(l2):.3g}); returning the lowest-loss image(s). More restarts or steps, a larger eps, "
-                      f"or a face cropped like the generator's training data (pulse-ext align) may help.",
+                      f"{min(l2):.3g}); returning the lowest-loss image(s).{realism} Try: {diagnosis.advice}.",
                       PulseConvergenceWarning, stacklevel=2)
-    elif not all(converged):
+    elif diagnosis.face_like is False:
+        warnings.warn(f"PULSE: {diagnosis.message()}.", PulseRealismWarning, stacklevel=2)
+    if met_eps and not all(converged):
         warnings.warn(f"PULSE: only {sum(result.converged[0].tolist())} of {restarts} restarts reached L2 < eps={eps}; "
                       f"{converged.count(False)} of the {num_outputs} outputs did not converge",
                       PulseConvergenceWarning, stacklevel=2)
-    tensors = result.images[0, picked].detach().float().clamp(0, 1).cpu()
     candidates = [tensor_to_pil(t) for t in tensors]
     if not return_result:
         return candidates[0] if num_outputs == 1 else candidates
@@ -339,4 +360,5 @@ def upscale(image, *, generator=None, restarts: int = 8, steps: int = DEFAULT_ST
     timings = {**result.timings, "load_s": load_seconds, "total_s": time.perf_counter() - start}
     return UpscaleResult(candidates=candidates, tensors=tensors, l2=l2, converged=converged, restart_indices=picked,
                          best_index=picked[0], seed=int(seed), steps_run=result.steps_run, timings=timings,
-                         search=result, low_res_input=low_res_input, frame_box=frame_box, framing_probe=probe)
+                         search=result, low_res_input=low_res_input, frame_box=frame_box, framing_probe=probe,
+                         diagnosis=diagnosis)

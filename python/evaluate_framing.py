@@ -16,11 +16,15 @@ relative to the FFHQ square of the face):
 
 each at the generator's resolution (the "original") and area-downscaled to 16x16 (the input).
 
-Per framing: eps rate (any restart with L2 < eps, upscale()'s defaults), realism of the best output and
-of the original (dlib's HOG detector scores the 200-px bicubic enlargement >= 0.5), dlib identity
-distance between the best output and the original (< 0.6 is dlib's "same person"), KID of the outputs'
+Per framing: eps rate (any restart with L2 < eps, upscale()'s defaults), realism of the best output
+and of the original (``pulse_ext.realism``: dlib's HOG detector scores the 200-px bicubic enlargement
+>= 0.5), dlib identity distance between the best output and the original (< 0.6 is dlib's "same person"), KID of the outputs'
 dlib embeddings against the originals' of the same framing (x 1e3; N is small, so no FD), and a grid
 figure (docs/figures/framing-<name>.png: original | input | best output, per face).
+With --framing-search each face goes through ``upscale(..., framing_search=True)`` (its own seed,
+``--seed`` + face index): the output is the face drawn for the box of the input the probe picked, and
+the figure's middle column outlines that box. Identity distance and KID still compare against the whole
+original (the dlib embedder finds and aligns the face in either framing).
 Needs dlib (pip install 'pulse_ext[align]'); writes metrics JSON to --out.
 """
 import argparse
@@ -31,6 +35,7 @@ import os
 import sys
 import tarfile
 import time
+import warnings
 
 import numpy as np
 
@@ -38,10 +43,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import face_metrics as fm  # noqa: E402
 from evaluate_generator import run_pulse, sha256_file, write_doc  # noqa: E402
 
+from pulse_ext.realism import REALISM_THRESHOLD, realism_scores  # noqa: E402
+
 FRAMING_NAMES = ("tight", "ffhq", "wide", "offcentre", "random")
-REALISM_THRESHOLD = 0.5
 RESULTS_START = "<!-- framing:start (written by python/evaluate_framing.py) -->"
 RESULTS_END = "<!-- framing:end -->"
+SEARCH_RESULTS_START = "<!-- framing-search:start (written by python/evaluate_framing.py --framing-search) -->"
+SEARCH_RESULTS_END = "<!-- framing-search:end -->"
 
 
 def rotate_quad(quad, degrees):
@@ -105,24 +113,47 @@ def heldout_faces(tar_path, heldout_from, count, resolution, seed, log):
     return {k: np.stack(v) for k, v in crops.items()}, names
 
 
-def realism_scores(images):
-    """dlib HOG detector's best score on the 200-px bicubic enlargement of each uint8 image (-1: none)."""
-    import dlib
-    from PIL import Image
+def run_framing_search(G, faces, factor, seed, restarts, steps, log):
+    """``upscale(framing_search=True)`` on each face's area-downscaled input. Returns the inputs, best
+    outputs [N, R, R, 3], best L2s, eps flags, chosen boxes (input pixels) and probe seconds per face."""
+    import torch
 
-    detector = dlib.get_frontal_face_detector()
-    scores = []
-    for image in images:
-        big = np.ascontiguousarray(np.asarray(Image.fromarray(image).resize((200, 200), Image.BICUBIC)))
-        _, found, _ = detector.run(big, 0, -1.0)
-        scores.append(max(found) if len(found) else -1.0)
-    return np.asarray(scores)
+    from pulse_ext.upscale import upscale
+
+    small = fm.area_downscale(faces, factor)
+    outputs, best_l2, converged, boxes = [], [], [], []
+    start = time.perf_counter()
+    for i in range(len(faces)):
+        x = torch.from_numpy(small[i]).permute(2, 0, 1).float() / 255
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the no-eps warning: counted in the eps rate instead
+            result = upscale(x, generator=G, restarts=restarts, steps=steps, seed=seed + i, framing_search=True,
+                             return_result=True)
+        outputs.append((result.tensors[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
+        best_l2.append(result.l2[0])
+        converged.append(result.converged[0])
+        boxes.append(result.frame_box)
+        log(f"  framing search {i + 1}/{len(faces)} faces, box {result.frame_box}, "
+            f"{time.perf_counter() - start:.0f} s")
+    return small, np.stack(outputs), np.asarray(best_l2), np.asarray(converged), boxes
+
+
+def outline_boxes(tiles, boxes, scale):
+    """Draw each chosen box (input pixels; tiles are the input enlarged ``scale`` times) in red."""
+    tiles = tiles.copy()
+    for tile, box in zip(tiles, boxes):
+        l, t, s = (box[k] * scale for k in ("left", "top", "side"))
+        r, b = min(l + s, tile.shape[1]) - 1, min(t + s, tile.shape[0]) - 1
+        tile[t:b + 1, [l, r]] = (255, 0, 0)
+        tile[[t, b], l:r + 1] = (255, 0, 0)
+    return tiles
 
 
 def markdown_summary(m):
     lines = [f"Generator `{m['snapshot']['generator']}` ({m['snapshot']['resolution']} px, sha256 "
              f"{m['snapshot']['sha256'][:12]}); {m['n']} held-out CelebA identities per framing, 16x16 inputs, "
-             f"{m['restarts']} restarts x {m['steps']} steps; {m['date']}, {m['hardware']}, {m['seconds']:.0f} s.",
+             f"{m['restarts']} restarts x {m['steps']} steps"
+             f"{' with the framing search' if m.get('framing_search') else ''}; {m['date']}, {m['hardware']}, {m['seconds']:.0f} s.",
              "", "| framing | meet eps | realistic outputs | realistic originals | identity distance (median) "
              "| same person (< 0.6) | KID x1e3 vs originals | s / face |", "|---|---|---|---|---|---|---|---|"]
     for name, r in m["framings"].items():
@@ -145,6 +176,8 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--framing-search", action="store_true",
+                    help="upscale(framing_search=True) per face instead of the plain batched search")
     ap.add_argument("--out", default="benchmarks/results/framing")
     ap.add_argument("--figures", default="docs/figures")
     ap.add_argument("--doc", default=None, help="markdown file whose framing block gets the table")
@@ -175,15 +208,21 @@ def main(argv=None):
     metrics = {"snapshot": {"generator": args.generator if args.generator == "default" else os.path.basename(str(path)),
                             "sha256": sha256_file(path), "resolution": int(R)},
                "date": datetime.date.today().isoformat(), "hardware": f"CPU, {args.threads} thread(s)",
-               "n": len(names), "photos": names, "restarts": args.restarts, "steps": steps, "framings": {}}
+               "n": len(names), "photos": names, "restarts": args.restarts, "steps": steps,
+               "framing_search": bool(args.framing_search), "framings": {}}
     for name in args.framings.split(","):
         originals = faces[name]
         t = time.perf_counter()
-        small, outputs, best_l2, converged, info = run_pulse(G, originals, R // 16, args.seed, args.restarts, steps,
-                                                             args.batch, log)
+        boxes = None
+        if args.framing_search:
+            small, best, best_l2, converged, boxes = run_framing_search(G, originals, R // 16, args.seed,
+                                                                        args.restarts, steps, log)
+        else:
+            small, outputs, best_l2, converged, _ = run_pulse(G, originals, R // 16, args.seed, args.restarts, steps,
+                                                              args.batch, log)
+            best = outputs[:, 0]
         seconds = time.perf_counter() - t
-        best = outputs[:, 0]
-        out_real, orig_real = realism_scores(best), realism_scores(originals)
+        out_real, orig_real = np.asarray(realism_scores(best)), np.asarray(realism_scores(originals))
         f_out, _ = embedder.embed(best)
         f_orig, _ = embedder.embed(originals)
         distance = np.linalg.norm(f_out - f_orig, axis=1)
@@ -197,19 +236,31 @@ def main(argv=None):
             "kid_x1e3": 1e3 * fm.kid(f_out, f_orig, num_subsets=50, subset_size=n)[0],
             "seconds_per_face": seconds / n,
         }
-        tiles = np.concatenate([originals[:, None], fm.nearest_upscale(small, R // 16)[:, None], best[:, None]], 1)
+        if boxes is not None:
+            metrics["framings"][name]["boxes"] = boxes
+            metrics["framings"][name]["whole_input_box"] = float(np.mean([b["side"] == 16 for b in boxes]))
+        shown = fm.nearest_upscale(small, R // 16)
+        if boxes is not None:
+            shown = outline_boxes(shown, boxes, R // 16)
+        tiles = np.concatenate([originals[:, None], shown[:, None], best[:, None]], 1)
         rows = min(n, 10)
         grid = fm.make_grid(tiles[:rows].reshape(-1, R, R, 3), ncols=3 * 2 if rows > 5 else 3)
-        fm.save_png(grid, os.path.join(args.figures, f"framing-{name}.png"))
+        suffix = "-search" if args.framing_search else ""
+        fm.save_png(grid, os.path.join(args.figures, f"framing-{name}{suffix}.png"))
         log(f"{name}: {json.dumps(metrics['framings'][name])}")
     metrics["seconds"] = time.perf_counter() - t0
-    tag = metrics["snapshot"]["generator"].replace(".", "_")
+    tag = metrics["snapshot"]["generator"].replace(".", "_") + ("-framing-search" if args.framing_search else "")
     with open(os.path.join(args.out, f"framing-{tag}.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     summary = markdown_summary(metrics)
     print(summary)
     if args.doc:
-        write_doc(args.doc, summary, RESULTS_START, RESULTS_END, heading="Framing evaluation (held-out CelebA identities)")
+        if args.framing_search:
+            write_doc(args.doc, summary, SEARCH_RESULTS_START, SEARCH_RESULTS_END,
+                      heading="Framing evaluation with the framing search")
+        else:
+            write_doc(args.doc, summary, RESULTS_START, RESULTS_END,
+                      heading="Framing evaluation (held-out CelebA identities)")
     return 0
 
 

@@ -254,7 +254,8 @@ def test_failure_while_writing_leaves_no_partial_file(files, tmp_path, capsys, m
 
     monkeypatch.setattr(Image.Image, "save", broken_save)
     out = tmp_path / "face_hr.png"
-    assert run_main(upscale(files, files["face"], "-o", str(out), "--steps", "2", "--eps", "1", "-q")) == 2
+    assert run_main(upscale(files, files["face"], "-o", str(out), "--steps", "2", "--eps", "1", "-q",
+                            "--realism-check", "off")) == 2
     err = capsys.readouterr().err
     assert_one_error_line(err)
     assert "No space left on device" in err
@@ -382,3 +383,37 @@ def test_restarts_that_do_not_fit_the_memory_are_announced_before_the_search(fil
     assert err.index("searching them in batches") < err.index("best L2")  # before the search's progress bar
     metadata = json.loads(out.with_suffix(".json").read_text())
     assert len(metadata["restarts"]) == 3 and out.exists()
+
+
+def test_framing_search_and_diagnosis_land_in_the_json(files, tmp_path, capsys):
+    out = tmp_path / "framed.png"
+    assert run_main(upscale(files, files["face"], "-o", str(out), "--framing-search", "--steps", "20", "-q")) == 0
+    meta = json.loads((tmp_path / "framed.json").read_text())
+    box = meta["frame_box"]
+    assert set(box) == {"left", "top", "side"} and 2 <= box["side"] <= 4
+    assert {(r["left"], r["top"], r["side"]) for r in meta["framing_probe"]} >= {(0, 0, 4)}
+    assert meta["options"]["framing_search"] is True
+    diagnosis = meta["diagnosis"]
+    assert diagnosis["met_eps"] == meta["converged"] and diagnosis["ok"] == (not diagnosis["problems"])
+    if not diagnosis["ok"]:  # advice never repeats the option in use
+        assert "--framing-search" not in diagnosis["advice"]
+        assert "Try: " in capsys.readouterr().err
+
+
+def test_framing_search_is_refused_for_folder_jobs(files, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    save_png(torch.rand(3, 4, 4), str(folder / "a.png"))
+    assert run_main(upscale(files, str(folder), "-o", str(tmp_path / "out"), "--framing-search")) == 2
+    err = capsys.readouterr().err
+    assert_one_error_line(err)
+    assert "--framing-search is not supported for folder jobs" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_realism_check_option_is_validated(files, tmp_path, capsys):
+    assert run_main(upscale(files, files["face"], "-o", str(tmp_path / "x.png"), "--realism-check", "maybe")) == 2
+    err = capsys.readouterr().err
+    assert_one_error_line(err)
+    assert "--realism-check" in err and "'maybe'" in err
+    assert not (tmp_path / "x.png").exists()

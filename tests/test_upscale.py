@@ -10,7 +10,7 @@ from conftest import reachable_targets, tiny_search_generator
 from pulse_ext.upscale import (PulseConvergenceWarning, PulseMemoryWarning, UpscaleResult, image_to_tensor, upscale,
                                valid_input_sizes)
 
-FAST = dict(stats_samples=1000)
+FAST = dict(stats_samples=1000, realism_check="off")  # the random test generator draws no faces
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -121,7 +121,7 @@ def test_upscale_converges_and_returns_ranked_distinct_candidates(G, face):
 
 
 def test_upscale_without_convergence_warns_and_returns_the_best(G, face):
-    with pytest.warns(PulseConvergenceWarning, match=r"no restart of 3 reached L2 < eps.*pulse-ext align"):
+    with pytest.warns(PulseConvergenceWarning, match=r"no restart of 3 reached L2 < eps.*Try: .*--framing-search"):
         result = upscale(face, generator=G, restarts=3, steps=3, eps=1e-12, seed=2, return_result=True,
                          progress=True, **FAST)
     assert not any(result.converged)
@@ -169,3 +169,15 @@ def test_restarts_that_do_not_fit_the_memory_are_searched_in_batches_with_the_sa
     assert parts.search.timings["splits"] == 2 and parts.search.seeds == whole.search.seeds
     torch.testing.assert_close(parts.search.images, whole.search.images, rtol=1e-9, atol=1e-9)
     assert parts.restart_indices == whole.restart_indices
+
+
+def test_upscale_reports_a_diagnosis(G, face):
+    result = upscale(face, generator=G, restarts=2, steps=3, eps=1e-12, seed=2, return_result=True,
+                     stats_samples=1000, realism_check="off")
+    assert result.diagnosis.met_eps is False and result.diagnosis.best_l2 == result.l2[0]
+    assert "--framing-search" in result.diagnosis.advice  # a 4x4 input: a tiny one
+    photo = upscale(face, generator=G, restarts=2, steps=3, eps=1e-12, seed=2, return_result=True,
+                    stats_samples=1000, realism_check="off", original_size=(640, 480))
+    assert "--align" in photo.diagnosis.advice
+    with pytest.raises(ValueError, match="realism_check"):
+        upscale(face, generator=G, realism_check="sometimes")
