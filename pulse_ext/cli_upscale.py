@@ -42,6 +42,14 @@ def _positive_float(text):
     return value
 
 
+def _resolutions(text):
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected block resolutions like 8 or 8,16, got {text!r}") from None
+    return values
+
+
 def _seed(text):
     try:
         value = int(text, 0)
@@ -74,7 +82,7 @@ def add_arguments(parser):
     from pulse_ext.pulse.losses import DOWNSCALERS
     from pulse_ext.pulse.optim import LR_SCHEDULES, OPTIMIZERS
     from pulse_ext.pulse.progressive import PRECISIONS
-    from pulse_ext.pulse.search import NOISE_TYPES
+    from pulse_ext.pulse.search import DEFAULT_INTERMEDIATE_RADIUS, NOISE_TYPES
     from pulse_ext.diagnosis import REALISM_CHECKS
     from pulse_ext.upscale import DEFAULT_STEPS
 
@@ -118,6 +126,14 @@ def add_arguments(parser):
                         help="for tiny inputs framed looser than the generator's faces (FFHQ-style, a whole photo): "
                              "first probe square boxes of the input with short searches and search the best one; the "
                              "output is the face drawn for that box (recorded in the JSON; docs/pulse.md)")
+    parser.add_argument("--intermediate", type=_resolutions, default=None, metavar="RES[,RES]",
+                        help="after the latent search, search the features entering these synthesis blocks (e.g. "
+                             "8,16), kept within an l1 ball around the generator's own (ILO; docs/pulse.md)")
+    parser.add_argument("--intermediate-steps", type=_positive_int, default=50, metavar="N",
+                        help="steps per --intermediate block (default %(default)s)")
+    parser.add_argument("--intermediate-radius", type=_nonnegative_float, default=DEFAULT_INTERMEDIATE_RADIUS,
+                        metavar="R", help="l1 radius of the feature change, as a fraction of the features' own l1 "
+                                          "norm (default %(default)s)")
     parser.add_argument("--realism-check", choices=REALISM_CHECKS, default="auto",
                         help="score the best output with dlib's face detector and warn when it does not look like a "
                              "face: auto (default) when dlib is installed, on (an error without it), off")

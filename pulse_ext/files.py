@@ -176,6 +176,12 @@ def upscale_files(args) -> int:
     G = load_generator(args.generator, device=device)
     load_seconds = time.perf_counter() - load_start
     resolution = G.img_resolution
+    if args.intermediate:
+        from pulse_ext.pulse.intermediate import check_intermediate_resolutions
+        try:
+            check_intermediate_resolutions(G, args.intermediate)
+        except ValueError as exc:
+            raise UserError(str(exc).replace("intermediate_resolutions", "--intermediate")) from None
     if G.img_channels != 3:
         images = [image.convert("L") for image in images]
     original_sizes = [image.size for image in images]
@@ -201,7 +207,9 @@ def upscale_files(args) -> int:
                         "downscale": args.downscale, "precision": args.precision, "save_all": args.save_all,
                         "save_intermediate": args.save_intermediate, "intermediate_every": args.intermediate_every,
                         "strict": args.strict, "resize": args.resize, "overwrite": args.overwrite,
-                        "framing_search": args.framing_search, "realism_check": args.realism_check}
+                        "framing_search": args.framing_search, "realism_check": args.realism_check,
+                        "intermediate": list(args.intermediate or []), "intermediate_steps": args.intermediate_steps,
+                        "intermediate_radius": args.intermediate_radius}
     generator_info = _describe_generator(args.generator, G)
     make_output_folder(folder)
 
@@ -280,7 +288,7 @@ def upscale_files(args) -> int:
                              if frames is not None and frames.frames else None),
             "seed": int(seed),
             "steps_run": int(result.steps_run),
-            "timings": {**{k: float(v) for k, v in result.timings.items()}, "generator_load_s": load_seconds},
+            "timings": {**{k: v if isinstance(v, dict) else float(v) for k, v in result.timings.items()}, "generator_load_s": load_seconds},
             "generator": generator_info,
             "options": recorded_options,
         }

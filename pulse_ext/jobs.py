@@ -253,8 +253,12 @@ def check_search_options(options) -> None:
 
 def search_options(options) -> dict:
     """PULSE keyword options besides loss/eps/steps, from an options object (see check_search_options)."""
-    return dict(learning_rate=options.lr, optimizer=options.optimizer, lr_schedule=options.lr_schedule,
-                noise_type=options.noise_type, downscale=options.downscale, precision=options.precision)
+    found = dict(learning_rate=options.lr, optimizer=options.optimizer, lr_schedule=options.lr_schedule,
+                 noise_type=options.noise_type, downscale=options.downscale, precision=options.precision)
+    if getattr(options, "intermediate", None):
+        found.update(intermediate_resolutions=options.intermediate, intermediate_steps=options.intermediate_steps,
+                     intermediate_radius=options.intermediate_radius)
+    return found
 
 
 def _resolve_job_device(text, local_rank):
@@ -367,7 +371,7 @@ def _run_ranked(args, out, inputs, aligner, dist, started):
     try:
         searcher = PULSE(G, loss=args.loss, eps=args.eps, steps=args.steps, **options)
     except ValueError as exc:
-        raise UserError(str(exc)) from None
+        raise UserError(str(exc).replace("intermediate_resolutions", "--intermediate")) from None
 
     mine = [(i, name, path) for i, (name, path) in enumerate(inputs) if i % dist.world == dist.rank]
     skipped = 0

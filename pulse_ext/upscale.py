@@ -319,7 +319,8 @@ def upscale(image, *, generator=None, restarts: int = 8, steps: int = DEFAULT_ST
         if searcher.downscale != "area":
             raise ValueError(f"framing_search compares boxes of any size, which needs downscale='area', "
                              f"got downscale={searcher.downscale!r}")
-        short = PULSE(generator, loss=loss, eps=eps, steps=min(DEFAULT_PROBE_STEPS, int(steps)), **options)
+        latent_only = {k: v for k, v in options.items() if not k.startswith("intermediate_")}  # probe: latents only
+        short = PULSE(generator, loss=loss, eps=eps, steps=min(DEFAULT_PROBE_STEPS, int(steps)), **latent_only)
         box, probe = probe_boxes(
             lambda t, s: search_in_parts(short, t, s, search_device, on_split=split_warning),
             x, candidate_boxes(h, w),

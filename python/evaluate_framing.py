@@ -46,10 +46,9 @@ from evaluate_generator import run_pulse, sha256_file, write_doc  # noqa: E402
 from pulse_ext.realism import REALISM_THRESHOLD, realism_scores  # noqa: E402
 
 FRAMING_NAMES = ("tight", "ffhq", "wide", "offcentre", "random")
-RESULTS_START = "<!-- framing:start (written by python/evaluate_framing.py) -->"
-RESULTS_END = "<!-- framing:end -->"
-SEARCH_RESULTS_START = "<!-- framing-search:start (written by python/evaluate_framing.py --framing-search) -->"
-SEARCH_RESULTS_END = "<!-- framing-search:end -->"
+# Each variant (plain, -search, -ilo8_16, ...: variant_suffix) has its own block in --doc.
+RESULTS_START = "<!-- framing{suffix}:start (written by python/evaluate_framing.py) -->"
+RESULTS_END = "<!-- framing{suffix}:end -->"
 
 
 def rotate_quad(quad, degrees):
@@ -113,7 +112,7 @@ def heldout_faces(tar_path, heldout_from, count, resolution, seed, log):
     return {k: np.stack(v) for k, v in crops.items()}, names
 
 
-def run_framing_search(G, faces, factor, seed, restarts, steps, log):
+def run_framing_search(G, faces, factor, seed, restarts, steps, log, **options):
     """``upscale(framing_search=True)`` on each face's area-downscaled input. Returns the inputs, best
     outputs [N, R, R, 3], best L2s, eps flags, chosen boxes (input pixels) and probe seconds per face."""
     import torch
@@ -128,7 +127,7 @@ def run_framing_search(G, faces, factor, seed, restarts, steps, log):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the no-eps warning: counted in the eps rate instead
             result = upscale(x, generator=G, restarts=restarts, steps=steps, seed=seed + i, framing_search=True,
-                             return_result=True)
+                             return_result=True, realism_check="off", **options)
         outputs.append((result.tensors[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
         best_l2.append(result.l2[0])
         converged.append(result.converged[0])
@@ -136,6 +135,14 @@ def run_framing_search(G, faces, factor, seed, restarts, steps, log):
         log(f"  framing search {i + 1}/{len(faces)} faces, box {result.frame_box}, "
             f"{time.perf_counter() - start:.0f} s")
     return small, np.stack(outputs), np.asarray(best_l2), np.asarray(converged), boxes
+
+
+def variant_suffix(framing_search, options):
+    """File-name suffix of a run's variant: '' (plain), '-search', '-ilo8_16', '-search-ilo8_16'."""
+    suffix = "-search" if framing_search else ""
+    if options:
+        suffix += "-ilo" + "_".join(str(r) for r in options["intermediate_resolutions"])
+    return suffix
 
 
 def outline_boxes(tiles, boxes, scale):
@@ -149,11 +156,20 @@ def outline_boxes(tiles, boxes, scale):
     return tiles
 
 
+def describe_intermediate(intermediate):
+    if not intermediate:
+        return ""
+    blocks = ",".join(str(r) for r in intermediate["resolutions"])
+    return (f" + intermediate-layer search (blocks {blocks}, {intermediate['steps']} steps each, "
+            f"radius {intermediate['radius']:g})")
+
+
 def markdown_summary(m):
     lines = [f"Generator `{m['snapshot']['generator']}` ({m['snapshot']['resolution']} px, sha256 "
              f"{m['snapshot']['sha256'][:12]}); {m['n']} held-out CelebA identities per framing, 16x16 inputs, "
              f"{m['restarts']} restarts x {m['steps']} steps"
-             f"{' with the framing search' if m.get('framing_search') else ''}; {m['date']}, {m['hardware']}, {m['seconds']:.0f} s.",
+             f"{' with the framing search' if m.get('framing_search') else ''}"
+             f"{describe_intermediate(m.get('intermediate'))}; {m['date']}, {m['hardware']}, {m['seconds']:.0f} s.",
              "", "| framing | meet eps | realistic outputs | realistic originals | identity distance (median) "
              "| same person (< 0.6) | KID x1e3 vs originals | s / face |", "|---|---|---|---|---|---|---|---|"]
     for name, r in m["framings"].items():
@@ -176,6 +192,10 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--intermediate", default=None, metavar="RES[,RES]",
+                    help="PULSE intermediate_resolutions (the intermediate-layer search after the latent one)")
+    ap.add_argument("--intermediate-steps", type=int, default=50)
+    ap.add_argument("--intermediate-radius", type=float, default=0.1)
     ap.add_argument("--framing-search", action="store_true",
                     help="upscale(framing_search=True) per face instead of the plain batched search")
     ap.add_argument("--out", default="benchmarks/results/framing")
@@ -197,6 +217,10 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     steps = args.steps or DEFAULT_STEPS
+    options = {}
+    if args.intermediate:
+        options = dict(intermediate_resolutions=tuple(int(r) for r in args.intermediate.split(",")),
+                       intermediate_steps=args.intermediate_steps, intermediate_radius=args.intermediate_radius)
     t0 = time.perf_counter()
     path = resolve_checkpoint_path(args.generator)
     G = load_generator(args.generator).eval()
@@ -209,17 +233,19 @@ def main(argv=None):
                             "sha256": sha256_file(path), "resolution": int(R)},
                "date": datetime.date.today().isoformat(), "hardware": f"CPU, {args.threads} thread(s)",
                "n": len(names), "photos": names, "restarts": args.restarts, "steps": steps,
-               "framing_search": bool(args.framing_search), "framings": {}}
+               "framing_search": bool(args.framing_search),
+               "intermediate": {k.removeprefix("intermediate_"): v for k, v in options.items()} or None,
+               "framings": {}}
     for name in args.framings.split(","):
         originals = faces[name]
         t = time.perf_counter()
         boxes = None
         if args.framing_search:
             small, best, best_l2, converged, boxes = run_framing_search(G, originals, R // 16, args.seed,
-                                                                        args.restarts, steps, log)
+                                                                        args.restarts, steps, log, **options)
         else:
             small, outputs, best_l2, converged, _ = run_pulse(G, originals, R // 16, args.seed, args.restarts, steps,
-                                                              args.batch, log)
+                                                              args.batch, log, **options)
             best = outputs[:, 0]
         seconds = time.perf_counter() - t
         out_real, orig_real = np.asarray(realism_scores(best)), np.asarray(realism_scores(originals))
@@ -245,22 +271,20 @@ def main(argv=None):
         tiles = np.concatenate([originals[:, None], shown[:, None], best[:, None]], 1)
         rows = min(n, 10)
         grid = fm.make_grid(tiles[:rows].reshape(-1, R, R, 3), ncols=3 * 2 if rows > 5 else 3)
-        suffix = "-search" if args.framing_search else ""
+        suffix = variant_suffix(args.framing_search, options)
         fm.save_png(grid, os.path.join(args.figures, f"framing-{name}{suffix}.png"))
         log(f"{name}: {json.dumps(metrics['framings'][name])}")
     metrics["seconds"] = time.perf_counter() - t0
-    tag = metrics["snapshot"]["generator"].replace(".", "_") + ("-framing-search" if args.framing_search else "")
+    tag = metrics["snapshot"]["generator"].replace(".", "_") + variant_suffix(args.framing_search, options)
     with open(os.path.join(args.out, f"framing-{tag}.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     summary = markdown_summary(metrics)
     print(summary)
     if args.doc:
-        if args.framing_search:
-            write_doc(args.doc, summary, SEARCH_RESULTS_START, SEARCH_RESULTS_END,
-                      heading="Framing evaluation with the framing search")
-        else:
-            write_doc(args.doc, summary, RESULTS_START, RESULTS_END,
-                      heading="Framing evaluation (held-out CelebA identities)")
+        suffix = variant_suffix(args.framing_search, options)
+        heading = "Framing evaluation (held-out CelebA identities)" + (f", variant {suffix[1:]}" if suffix else "")
+        write_doc(args.doc, summary, RESULTS_START.format(suffix=suffix), RESULTS_END.format(suffix=suffix),
+                  heading=heading)
     return 0
 
 

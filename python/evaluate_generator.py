@@ -96,15 +96,15 @@ def balanced_selection(labels: np.ndarray, n: int, seed: int) -> list:
     return chosen
 
 
-def run_pulse(G, faces: np.ndarray, factor: int, seed: int, restarts: int, steps: int, batch: int, log):
-    """PULSE at upscale()'s defaults (``steps`` given) on each face's area-downscaled input; per-face
-    restart seeds."""
+def run_pulse(G, faces: np.ndarray, factor: int, seed: int, restarts: int, steps: int, batch: int, log, **options):
+    """PULSE at upscale()'s defaults (``steps`` given; ``options``: more PULSE options) on each face's
+    area-downscaled input; per-face restart seeds."""
     import torch
     from pulse_ext.pulse import PULSE
     from pulse_ext.pulse.latent import restart_seed
 
     small = fm.area_downscale(faces, factor)
-    searcher = PULSE(G, steps=steps)  # upscale() defaults: 100*L2+0.05*GEOCROSS, eps 2e-3, area downscale
+    searcher = PULSE(G, steps=steps, **options)  # upscale() defaults: 100*L2+0.05*GEOCROSS, eps 2e-3, area downscale
     best_l2, converged, outputs, steps = [], [], [], []
     start = time.perf_counter()
     for b0 in range(0, len(faces), batch):

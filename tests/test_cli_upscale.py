@@ -417,3 +417,20 @@ def test_realism_check_option_is_validated(files, tmp_path, capsys):
     assert_one_error_line(err)
     assert "--realism-check" in err and "'maybe'" in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_intermediate_search_from_the_command_line(files, tmp_path, capsys):
+    out = tmp_path / "ilo.png"
+    assert run_main(upscale(files, files["face"], "-o", str(out), "--intermediate", "8,16", "--intermediate-steps",
+                            "4", "--steps", "10", "-q", "--realism-check", "off")) == 0
+    meta = json.loads((tmp_path / "ilo.json").read_text())
+    assert meta["options"]["intermediate"] == [8, 16] and meta["steps_run"] <= 10 + 4 + 4
+    assert set(meta["timings"]["intermediate"]) <= {"8", "16"}
+    capsys.readouterr()  # (10 steps: the no-eps warning)
+    for bad, message in ((["--intermediate", "32"], "--intermediate: 32 is not a block resolution"),
+                         (["--intermediate", "8,x"], "expected block resolutions like 8 or 8,16")):
+        assert run_main(upscale(files, files["face"], "-o", str(tmp_path / "bad.png"), *bad)) == 2
+        err = capsys.readouterr().err
+        assert_one_error_line(err)
+        assert message in err
+        assert not (tmp_path / "bad.png").exists()

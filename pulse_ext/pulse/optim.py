@@ -10,7 +10,7 @@ which drops restarts from the parameters and the optimiser state.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Union
 
 import torch
 
@@ -47,10 +47,16 @@ class SphericalOptimizer:
         name: "adam" | "adamax" | "sgd" | "sgdm" (momentum 0.9), with torch.optim's default
             hyper-parameters (betas (0.9, 0.999), eps 1e-8), as the original's choices.
         lr: base learning rate; ``step(lr_scale=...)`` multiplies it.
+        projections: optional, one per parameter: None (the sphere, as above) or project(tensor, radius)
+            -> tensor, another constraint set (the intermediate-layer search's l1 ball), with
+        radii: optional, one per parameter: None (the sphere's radius, measured at the start) or that
+            projection's radius tensor, whose dim 0 is the restart (sliced by ``keep`` like the rest).
     """
 
     def __init__(self, params: List[torch.Tensor], name: str = "adam", lr: float = 0.4,
-                 betas=(0.9, 0.999), eps: float = 1e-8, momentum: float = 0.9):
+                 betas=(0.9, 0.999), eps: float = 1e-8, momentum: float = 0.9,
+                 projections: Optional[List[Optional[Callable]]] = None,
+                 radii: Optional[List[Optional[torch.Tensor]]] = None):
         if name not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
         for p in params:
@@ -63,8 +69,12 @@ class SphericalOptimizer:
         self.eps = eps
         self.momentum = momentum
         self.num_steps = 0
+        self.projections = list(projections) if projections is not None else [None] * len(self.params)
+        radii = list(radii) if radii is not None else [None] * len(self.params)
+        if len(self.projections) != len(self.params) or len(radii) != len(self.params):
+            raise ValueError("SphericalOptimizer: projections and radii need one entry per parameter")
         with torch.no_grad():
-            self.radii = [sphere_radius(p) for p in self.params]
+            self.radii = [sphere_radius(p) if r is None else r for p, r in zip(self.params, radii)]
         self.state: List[Dict[str, torch.Tensor]] = [{} for _ in self.params]
 
     def _direction(self, p: torch.Tensor, g: torch.Tensor, state: Dict[str, torch.Tensor],
@@ -110,10 +120,10 @@ class SphericalOptimizer:
             self.num_steps += 1
             t = self.num_steps
         lr = self.lr * lr_scale
-        for p, radius, state in zip(self.params, self.radii, self.state):
+        for p, radius, state, project in zip(self.params, self.radii, self.state, self.projections):
             if p.grad is None:
                 continue
-            new = project_to_sphere(p - lr * self._direction(p, p.grad, state, t), radius)
+            new = (project or project_to_sphere)(p - lr * self._direction(p, p.grad, state, t), radius)
             if active is None:
                 p.copy_(new)
             else:

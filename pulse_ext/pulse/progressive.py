@@ -63,20 +63,7 @@ def truncated_synthesis(synthesis, ws: torch.Tensor, resolution: int, noise_mode
     Runs the blocks up to that resolution exactly as ``SynthesisNetwork.forward`` does (same ws rows and
     noise entries); ``noise`` is the full list of ``noise_shapes()`` (entries above the resolution unused).
     """
-    ws = ws.to(synthesis.b4.const.dtype)
-    x = img = None
-    w_idx = noise_idx = 0
-    for res in synthesis.block_resolutions:
-        if res > resolution:
-            break
-        block = getattr(synthesis, f"b{res}")
-        block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
-        w_idx += block.num_conv
-        num_noise = len(block.noise_layers())
-        block_noise = None if noise is None else noise[noise_idx: noise_idx + num_noise]
-        noise_idx += num_noise
-        x, img = block(x, img, block_ws, noise_mode=noise_mode, noise=block_noise)
-    return img
+    return synthesis.forward_blocks(ws, last=resolution, noise_mode=noise_mode, noise=noise)[1]
 
 
 # precision -> the dtype of the generator's convolutions during the search phase
@@ -85,7 +72,7 @@ PRECISIONS = tuple(SEARCH_CONV_DTYPES)
 
 
 def staged_run(pulse, target, seeds, n, num_images, num_restarts, stats, stats_seconds, device, dtype, progress,
-               callback=None, callback_every=1):
+               callback=None, callback_every=1, track_noise=False):
     """``PULSE.search`` with ``search_resolution`` and/or ``precision="bf16"`` (called by it; same arguments
     as ``PULSE._run``): the search phase, then the full-resolution, full-precision check and refinement."""
     G = pulse.generator
@@ -131,7 +118,8 @@ def staged_run(pulse, target, seeds, n, num_images, num_restarts, stats, stats_s
     final = pulse._run(target, seeds, n, num_images, num_restarts, stats, stats_seconds, device, dtype,
                        f"{label} @{G.img_resolution}px" if progress else False, callback, callback_every,
                        steps=1 + pulse.refine_steps, init=(latent, noise), lr_schedule=refine_schedule,
-                       sync_every=1, cuda_graph=False)  # a few steps, compacted after each: not worth capturing
+                       sync_every=1, cuda_graph=False,  # a few steps, compacted after each: not worth capturing
+                       track_noise=track_noise)
     final.converged_step = torch.where(final.converged_step >= 0, final.converged_step + coarse_result.steps_run,
                                        final.converged_step)
     final.steps_run += coarse_result.steps_run
@@ -141,5 +129,4 @@ def staged_run(pulse, target, seeds, n, num_images, num_restarts, stats, stats_s
                          full_resolution_steps=final.steps_run - coarse_result.steps_run,
                          coarse_best_l2=float(coarse_result.l2.min()),
                          coarse_converged=int(coarse_result.converged.sum()))
-    final.noises = None
     return final

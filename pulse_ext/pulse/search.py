@@ -21,6 +21,7 @@ from pulse_ext.pulse.losses import DOWNSCALERS, downscale_losses, parse_loss, pe
 from pulse_ext.pulse.optim import LR_SCHEDULES, OPTIMIZERS, SphericalOptimizer, lr_factor
 
 NOISE_TYPES = ("zero", "fixed", "trainable")
+DEFAULT_INTERMEDIATE_RADIUS = 0.1
 
 
 @dataclass
@@ -48,6 +49,7 @@ class SearchResult:
     stats_seconds: float = 0.0
     timings: Dict[str, float] = field(default_factory=dict)
     noises: Optional[List[torch.Tensor]] = None  # trainable noise maps at the best image (progressive search)
+    extras: Optional[List[torch.Tensor]] = None  # extra per-row parameters at the best image (intermediate search)
 
     def ranking(self, image_index: int = 0) -> List[int]:
         """Restart indices of input ``image_index``: converged ones first, each group by increasing loss."""
@@ -117,6 +119,12 @@ class PULSE:
             captured again after each compaction (``drop_converged``; with a graph the batch is compacted
             only once a quarter of it has converged); the full-resolution refinement of a staged search
             runs without it. Results equal the eager loop's up to rounding.
+        intermediate_resolutions: None (default) or block resolutions (e.g. (8, 16)): after the latent
+            search, search the features entering each of these blocks in turn, within an l1 ball of
+            ``intermediate_radius`` x their own l1 norm around what the blocks before made, with the
+            later latents and noise, ``intermediate_steps`` steps each (ILO; ``pulse_ext.pulse.intermediate``).
+            The images then come from features the latent alone does not reproduce; callbacks and the
+            progress bar see each phase's steps from 1 again.
     """
 
     def __init__(self, generator, *, loss: str = "100*L2+0.05*GEOCROSS", eps: float = 2e-3, steps: int = 100,
@@ -126,7 +134,9 @@ class PULSE:
                  downscale: str = "area", sync_every: int = 5, drop_converged: bool = True,
                  latent_stats: Optional[Union[LatentStats, dict]] = None, stats_samples: int = 100_000,
                  impl: Optional[str] = None, search_resolution: Optional[int] = None, refine_steps: int = 10,
-                 precision: str = "fp32", cuda_graph: bool = False):
+                 precision: str = "fp32", cuda_graph: bool = False,
+                 intermediate_resolutions: Optional[Sequence[int]] = None, intermediate_steps: int = 50,
+                 intermediate_radius: float = DEFAULT_INTERMEDIATE_RADIUS):
         self.generator = generator
         self.loss_terms = parse_loss(loss)
         self.loss = loss
@@ -175,6 +185,14 @@ class PULSE:
             raise ValueError(f"refine_steps must be >= 0, got {refine_steps}")
         self.refine_steps = int(refine_steps)
         self.cuda_graph = bool(cuda_graph)
+        from pulse_ext.pulse.intermediate import check_intermediate_resolutions
+        self.intermediate_resolutions = check_intermediate_resolutions(generator, intermediate_resolutions)
+        if int(intermediate_steps) < 1:
+            raise ValueError(f"intermediate_steps must be >= 1, got {intermediate_steps}")
+        if not 0 <= intermediate_radius < float("inf"):
+            raise ValueError(f"intermediate_radius must be a finite number >= 0, got {intermediate_radius}")
+        self.intermediate_steps = int(intermediate_steps)
+        self.intermediate_radius = float(intermediate_radius)
 
     def _parse_bad_layers(self, bad) -> List[int]:
         count = len(self.noise_shapes)
@@ -287,12 +305,20 @@ class PULSE:
             G.requires_grad_(False)
             if self.impl is not None:
                 G.set_impl(self.impl)
+            more = bool(self.intermediate_resolutions)  # phases after the latent search need its noise maps
             if self.search_resolution is not None or self.precision != "fp32":
                 from pulse_ext.pulse.progressive import staged_run
-                return staged_run(self, target, seeds, n, num_images, num_restarts, stats, stats_seconds,
-                                  device, dtype, progress, callback, int(callback_every))
-            return self._run(target, seeds, n, num_images, num_restarts, stats, stats_seconds, device, dtype,
-                             progress, callback, int(callback_every))
+                result = staged_run(self, target, seeds, n, num_images, num_restarts, stats, stats_seconds,
+                                    device, dtype, progress, callback, int(callback_every), track_noise=more)
+            else:
+                result = self._run(target, seeds, n, num_images, num_restarts, stats, stats_seconds, device, dtype,
+                                   progress, callback, int(callback_every), track_noise=more)
+            if more:
+                from pulse_ext.pulse.intermediate import intermediate_run
+                result = intermediate_run(self, result, target, seeds, n, num_images, num_restarts, stats,
+                                          stats_seconds, device, dtype, progress, callback, int(callback_every))
+            result.noises = None
+            return result
         finally:
             for p, flag in zip(G.parameters(), saved_flags):
                 p.requires_grad_(flag)
@@ -301,12 +327,15 @@ class PULSE:
 
     def _run(self, target, seeds, n, num_images, num_restarts, stats, stats_seconds, device, dtype, progress,
              callback=None, callback_every=1, *, steps=None, synthesize=None, image_size=None, init=None,
-             lr_schedule=None, sync_every=None, track_noise=False, cuda_graph=None):
-        """The search loop. The keyword-only arguments serve ``progressive``: steps / sync_every override the
-        options; synthesize(w, noise) -> image in [-1, 1] of side image_size replaces G.synthesis; init =
-        (latent, {noise layer: tensor}) replaces the random start of those tensors; lr_schedule(step, steps)
-        replaces the schedule; track_noise returns the trainable noise maps at each best image; cuda_graph
-        overrides the option."""
+             lr_schedule=None, sync_every=None, track_noise=False, cuda_graph=None, extra=None):
+        """The search loop. The keyword-only arguments serve ``progressive`` and ``intermediate``: steps /
+        sync_every override the options; synthesize(w, noise) -> image in [-1, 1] of side image_size
+        replaces G.synthesis; init = (latent, {noise layer: tensor}) replaces the random start of those
+        tensors; lr_schedule(step, steps) replaces the schedule; track_noise returns the trainable noise maps
+        at each best image; cuda_graph overrides the option. extra: [(tensor [n, ...], radius, project)]
+        more per-row parameters, optimised with the latent under their own projection (see
+        ``SphericalOptimizer``); synthesize is then called as synthesize(w, noise, extras, rows) (rows: the
+        global rows in the batch) and the result's ``extras`` holds each at the best image."""
         G = self.generator
         loss_impl = self.impl or "auto"
         steps = self.steps if steps is None else int(steps)
@@ -328,7 +357,12 @@ class PULSE:
         fixed = [i for i, k in enumerate(kinds) if k == "fixed"]
         for i in trainable:
             noise[i].requires_grad_(True)
-        opt = SphericalOptimizer([latent] + [noise[i] for i in trainable], self.optimizer, self.learning_rate)
+        extra = extra or []
+        extras = [t.to(device=device, dtype=dtype).clone().requires_grad_(True) for t, _, _ in extra]
+        num_sphere = 1 + len(trainable)
+        opt = SphericalOptimizer([latent] + [noise[i] for i in trainable] + extras, self.optimizer, self.learning_rate,
+                                 projections=[None] * num_sphere + [project for _, _, project in extra],
+                                 radii=[None] * num_sphere + [radius for _, radius, _ in extra])
 
         # Results for all N rows; rows that leave the batch (or the whole batch at the end) land here.
         size = G.img_resolution if image_size is None else int(image_size)
@@ -347,8 +381,10 @@ class PULSE:
             latent=latent, noise=noise, best_img=out_img.clone(), best_latent=out_latent.clone(),
             best_l2=out_l2.clone(), best_l1=out_l1.clone(), best_loss=out_loss.clone(),
             active=torch.ones(n, dtype=torch.bool, device=device), conv_step=out_step.clone(),
-            best_noise=[noise[i].detach().clone() for i in trainable] if track_noise else [])
+            best_noise=[noise[i].detach().clone() for i in trainable] if track_noise else [],
+            extras=extras, best_extras=[t.detach().clone() for t in extras])
         out_noise = [t.clone() for t in st.best_noise]
+        out_extras = [t.clone() for t in st.best_extras]
 
         def flush():
             out_img.index_copy_(0, st.rows, st.best_img)
@@ -357,14 +393,15 @@ class PULSE:
                              (out_step, st.conv_step)):
                 dst.index_copy_(0, st.rows, src)
             out_conv.index_copy_(0, st.rows, ~st.active)
-            for dst, src in zip(out_noise, st.best_noise):
+            for dst, src in zip(out_noise + out_extras, st.best_noise + st.best_extras):
                 dst.index_copy_(0, st.rows, src)
 
         def one_step(step, lr_scale, t=None):
             """A search step on st, in place. step / lr_scale / t: ints and floats, or (in a CUDA graph)
             0-dim device tensors set before each replay (t: the optimiser's 1-based step count)."""
             w = latent_to_w(st.latent, stats, G.num_ws)
-            img = (synthesize(w, st.noise) + 1) / 2
+            drawn = synthesize(w, st.noise, st.extras, st.rows) if extra else synthesize(w, st.noise)
+            img = (drawn + 1) / 2
             l2, l1 = downscale_losses(img, st.row_target, self.downscale, loss_impl)
             loss = per_restart_loss(self.loss_terms, l2, l1, w[:, :1] if self.tile_latent else w, self.eps)
             loss.sum().backward()
@@ -375,6 +412,8 @@ class PULSE:
                 st.best_latent.copy_(torch.where(better.view(-1, 1, 1), st.latent, st.best_latent))
                 for i, best in zip(trainable, st.best_noise):
                     best.copy_(torch.where(better.view(-1, 1, 1, 1), st.noise[i], best))
+                for current, best in zip(st.extras, st.best_extras):
+                    best.copy_(torch.where(better.view(-1, *[1] * (best.dim() - 1)), current, best))
                 st.best_l2.copy_(torch.where(better, l2, st.best_l2))
                 st.best_l1.copy_(torch.where(better, l1, st.best_l1))
                 st.best_loss.copy_(torch.where(better, loss, st.best_loss))
@@ -424,6 +463,7 @@ class PULSE:
                     st.latent = params[0]
                     for j, i in enumerate(trainable):
                         st.noise[i] = params[1 + j]
+                    st.extras = params[num_sphere:]
                     for i in fixed:
                         st.noise[i] = st.noise[i].index_select(0, keep)
                     if num_images > 1:
@@ -432,6 +472,7 @@ class PULSE:
                                  "active"):
                         setattr(st, name, getattr(st, name).index_select(0, keep))
                     st.best_noise = [b.index_select(0, keep) for b in st.best_noise]
+                    st.best_extras = [b.index_select(0, keep) for b in st.best_extras]
                     if graphed is not None:
                         graphed.invalidate()  # the batch's tensors are new: capture again
         flush()
@@ -452,7 +493,8 @@ class PULSE:
             timings={"search_s": seconds, "seconds_per_step": seconds / max(steps_run, 1), "stats_s": stats_seconds,
                      **({"cuda_graph_captures": graphed.captures, "cuda_graph_replays": graphed.replays}
                         if graphed is not None else {})},
-            noises=[per_image(t) for t in out_noise] if track_noise else None)
+            noises=[per_image(t) for t in out_noise] if track_noise else None,
+            extras=[per_image(t) for t in out_extras] if extra else None)
 
     @staticmethod
     def _snapshot(step, final, rows, num_images, num_restarts, out_img, best_img, out_l2, best_l2, out_loss,

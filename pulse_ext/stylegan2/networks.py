@@ -499,21 +499,38 @@ class SynthesisNetwork(torch.nn.Module):
             if len(noise) != expected:
                 raise ValueError(f"synthesis: noise must be a list of {expected} entries (see noise_shapes()), "
                                  f"got {len(noise)}")
+        return self.forward_blocks(ws, noise_mode=noise_mode, noise=noise)[1]
+
+    def forward_blocks(self, ws: torch.Tensor, x: Optional[torch.Tensor] = None, img: Optional[torch.Tensor] = None,
+                       first: int = 4, last: Optional[int] = None, noise_mode: str = "random",
+                       noise: Optional[Sequence[Optional[torch.Tensor]]] = None
+                       ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Run only the blocks of resolutions first..last (default: to the end), each with the ws rows and
+        noise entries ``forward`` gives it.
+
+        ws: [N, num_ws, w_dim] (all rows; each block takes its own). x, img: what enters block b{first}
+        (the features [N, C, first/2, first/2] and skip image [N, img_channels, first/2, first/2] the
+        block before made); None for first=4, which starts from its constant. noise: the full list of
+        ``noise_shapes()`` (entries of other blocks unused). Returns (x, img) out of block b{last}.
+        """
+        last = self.img_resolution if last is None else int(last)
+        if first not in self.block_resolutions or last not in self.block_resolutions or last < first:
+            raise ValueError(f"synthesis: blocks {first}..{last} are not a range of {self.block_resolutions}")
+        if (x is None) != (first == 4):
+            raise ValueError(f"synthesis: x (the features entering b{first}) must be given exactly when first > 4")
         ws = ws.to(self.b4.const.dtype)
-        x = img = None
         w_idx = 0
         noise_idx = 0
         for res in self.block_resolutions:
             block = getattr(self, f"b{res}")
-            block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
-            w_idx += block.num_conv
-            block_noise = None
             num_noise = len(block.noise_layers())
-            if noise is not None:
-                block_noise = noise[noise_idx: noise_idx + num_noise]
+            if first <= res <= last:
+                block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
+                block_noise = None if noise is None else noise[noise_idx: noise_idx + num_noise]
+                x, img = block(x, img, block_ws, noise_mode=noise_mode, noise=block_noise)
+            w_idx += block.num_conv
             noise_idx += num_noise
-            x, img = block(x, img, block_ws, noise_mode=noise_mode, noise=block_noise)
-        return img
+        return x, img
 
     def extra_repr(self) -> str:
         return f"w_dim={self.w_dim}, img_resolution={self.img_resolution}, num_ws={self.num_ws}"
