@@ -18,8 +18,8 @@ import torch
 
 from pulse_ext.errors import UserError
 from pulse_ext.io import read_image
-from pulse_ext.upscale import (PulseConvergenceWarning, PulseMemoryWarning, fit_size, size_problem, tensor_to_pil,
-                               upscale)
+from pulse_ext.upscale import (PulseConvergenceWarning, PulseMemoryWarning, PulseRealismWarning, fit_size,
+                               size_problem, tensor_to_pil, upscale)
 
 
 @dataclass
@@ -310,11 +310,13 @@ class DemoApp:
         with warnings.catch_warnings(record=True) as caught:  # only this thread searches
             warnings.simplefilter("always", PulseConvergenceWarning)
             warnings.simplefilter("always", PulseMemoryWarning)
+            warnings.simplefilter("always", PulseRealismWarning)
             result = upscale(image, generator=G, restarts=search.restarts, steps=search.steps,
                              num_outputs=search.num_outputs, seed=search.seed, device=self.device,
-                             return_result=True, callback=on_progress, callback_every=self.preview_every)
+                             return_result=True, callback=on_progress, callback_every=self.preview_every,
+                             original_size=None if search.align else search.image.size)
         for warning in caught:
-            if issubclass(warning.category, (PulseConvergenceWarning, PulseMemoryWarning)):
+            if issubclass(warning.category, (PulseConvergenceWarning, PulseMemoryWarning, PulseRealismWarning)):
                 notes.append(str(warning.message).removeprefix("PULSE: "))
         w, h = image.size
         low = downscale(result.tensors, (h, w), "area").clamp(0, 1)
