@@ -42,6 +42,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import face_metrics as fm  # noqa: E402
 from evaluate_generator import run_pulse, sha256_file, write_doc  # noqa: E402
+from prepare_framing import celeba_photos  # noqa: E402
 
 from pulse_ext.realism import REALISM_THRESHOLD, realism_scores  # noqa: E402
 
@@ -89,10 +90,8 @@ def heldout_faces(tar_path, heldout_from, count, resolution, seed, log):
     crops = {name: [] for name in FRAMING_NAMES}
     names = []
     with tarfile.open(tar_path) as tar:
-        members = sorted((m for m in tar.getmembers() if m.isfile() and m.name.endswith(".jpg")), key=lambda m: m.name)
         by_id = {}
-        for m in members:
-            ident = int(m.name.split("/")[1].removeprefix("celeb_"))
+        for ident, m in celeba_photos(tar):
             if ident >= heldout_from:
                 by_id.setdefault(ident, []).append(m)
         for ident in sorted(by_id):

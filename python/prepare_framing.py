@@ -17,6 +17,12 @@ import time
 import numpy as np
 
 
+def celeba_photos(tar):
+    """(identity, member) for every photo of an open CelebA tar (``celeba/celeb_<id>/*.jpg``), by name."""
+    members = sorted((m for m in tar.getmembers() if m.isfile() and m.name.endswith(".jpg")), key=lambda m: m.name)
+    return [(int(m.name.split("/")[1].removeprefix("celeb_")), m) for m in members]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tar", required=True)
@@ -32,9 +38,7 @@ def main(argv=None):
     skipped = 0
     t0 = time.perf_counter()
     with tarfile.open(args.tar) as tar:
-        for member in sorted((m for m in tar.getmembers() if m.isfile() and m.name.endswith(".jpg")),
-                             key=lambda m: m.name):
-            ident = int(member.name.split("/")[1].removeprefix("celeb_"))
+        for ident, member in celeba_photos(tar):
             if ident >= args.heldout_from:
                 continue
             image = Image.open(tar.extractfile(member)).convert("RGB")
