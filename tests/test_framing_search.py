@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import reachable_targets, tiny_search_generator
-from pulse_ext.pulse.framing import FrameBox, box_score, candidate_boxes, outside_variance, probe_boxes
+from pulse_ext.pulse.framing import BOX_AREA_EXPONENT, FrameBox, box_score, candidate_boxes, probe_boxes
 from pulse_ext.upscale import upscale
 
 
@@ -23,23 +23,19 @@ def test_candidate_boxes_cover_the_input_at_three_scales():
             candidate_boxes(*bad)
 
 
-def test_box_score_charges_what_a_box_leaves_out():
-    x = torch.zeros(1, 3, 4, 4)
-    x[..., 0, :] = 1.0  # the top row is bright, the rest dark
-    full, lower = FrameBox(0, 0, 4), FrameBox(0, 1, 3)
+def test_box_score_charges_smaller_boxes_by_a_power_of_their_area():
+    x = torch.zeros(1, 3, 16, 16)
+    full, half_side = FrameBox(0, 0, 16), FrameBox(4, 4, 8)
     assert box_score(0.01, x, full) == pytest.approx(0.01)
-    # outside the lower 3x3 box: the top row (4 bright) and the right column below it (3 dark)
-    values = torch.tensor([1.0] * 4 + [0.0] * 3)
-    variance = float(((values - values.mean()) ** 2).mean())
-    assert outside_variance(x, lower) == pytest.approx(variance)
-    assert box_score(0.0, x, lower) == pytest.approx(variance * 7 / 16)
-    brute = min(candidate_boxes(4, 4, scales=(1.0, 0.75)), key=lambda b: box_score(0.01, x, b))
-    assert brute == full  # a flat 0.01 everywhere: covering everything is cheapest
+    # A quarter of the area: the L2 is charged 4 ** BOX_AREA_EXPONENT.
+    assert box_score(0.01, x, half_side) == pytest.approx(0.01 * 4 ** BOX_AREA_EXPONENT)
+    # So a smaller box wins only when its L2 is lower by more than that factor.
+    assert box_score(0.01 / 4 ** BOX_AREA_EXPONENT * 0.99, x, half_side) < box_score(0.01, x, full)
+    assert box_score(0.01 / 4 ** BOX_AREA_EXPONENT * 1.01, x, half_side) > box_score(0.01, x, full)
 
 
 def test_probe_keeps_the_box_with_the_lowest_score_and_prefers_larger_on_ties():
-    """Against an oracle: a fake search whose L2 is the distance of each box from a chosen one, on a
-    flat input (so the score is the L2 share of the box)."""
+    """Against an oracle: a fake search whose L2 is the distance of each box from a chosen one (0 there)."""
     boxes = candidate_boxes(16, 16)
     x = torch.zeros(1, 3, 16, 16)
     wanted = FrameBox(3, 6, 10)
