@@ -102,3 +102,20 @@ def test_gpu_check_refuses_an_unknown_step_before_doing_anything(tmp_path):
     proc = subprocess.run(["bash", script, "tests", "sanitiser"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "unknown step 'sanitiser'" in proc.stderr and "sanitizer" in proc.stderr
+
+
+def test_bench_search_options_times_every_configuration(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(BENCH)
+    import bench_search_options
+    from pulse_ext.checkpoints import save_generator
+    from conftest import tiny_search_generator
+
+    generator = str(tmp_path / "g.safetensors")
+    save_generator(tiny_search_generator(), generator)
+    out = tmp_path / "options.json"
+    assert bench_search_options.main(["--generator", generator, "--steps", "3", "--repeats", "1",
+                                      "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["median_s"]) == {"plain", "framing_search", "intermediate_8_16",
+                                       "framing_search+intermediate_8_16"}
+    assert result["ratio_to_plain"]["plain"] == 1.0 and all(v > 0 for v in result["median_s"].values())
