@@ -20,7 +20,8 @@ Per framing: eps rate (any restart with L2 < eps, upscale()'s defaults), realism
 and of the original (``pulse_ext.realism``: dlib's HOG detector scores the 200-px bicubic enlargement
 >= 0.5), dlib identity distance between the best output and the original (< 0.6 is dlib's "same person"), KID of the outputs'
 dlib embeddings against the originals' of the same framing (x 1e3; N is small, so no FD), and a grid
-figure (docs/figures/framing-<name>.png: original | input | best output, per face).
+figure (docs/figures/framing-<name><variant>.png: original | input | best output, per face; the variant
+names the options and, for another generator than the default, the generator).
 With --framing-search each face goes through ``upscale(..., framing_search=True)`` (its own seed,
 ``--seed`` + face index): the output is the face drawn for the box of the input the probe picked, and
 the figure's middle column outlines that box. Identity distance and KID still compare against the whole
@@ -228,7 +229,12 @@ def main(argv=None):
     embedder = fm.DlibEmbedder()
     os.makedirs(args.out, exist_ok=True)
     os.makedirs(args.figures, exist_ok=True)
-    metrics = {"snapshot": {"generator": args.generator if args.generator == "default" else os.path.basename(str(path)),
+    generator_name = args.generator if args.generator == "default" else os.path.basename(str(path))
+    # Figures and the doc block of another generator than the default carry its name, so evaluating a
+    # candidate never overwrites the default's.
+    generator_tag = os.path.splitext(generator_name)[0].replace(".", "_")
+    suffix = ("" if args.generator == "default" else "-" + generator_tag) + variant_suffix(args.framing_search, options)
+    metrics = {"snapshot": {"generator": generator_name,
                             "sha256": sha256_file(path), "resolution": int(R)},
                "date": datetime.date.today().isoformat(), "hardware": f"CPU, {args.threads} thread(s)",
                "n": len(names), "photos": names, "restarts": args.restarts, "steps": steps,
@@ -270,17 +276,15 @@ def main(argv=None):
         tiles = np.concatenate([originals[:, None], shown[:, None], best[:, None]], 1)
         rows = min(n, 10)
         grid = fm.make_grid(tiles[:rows].reshape(-1, R, R, 3), ncols=3 * 2 if rows > 5 else 3)
-        suffix = variant_suffix(args.framing_search, options)
         fm.save_png(grid, os.path.join(args.figures, f"framing-{name}{suffix}.png"))
         log(f"{name}: {json.dumps(metrics['framings'][name])}")
     metrics["seconds"] = time.perf_counter() - t0
-    tag = metrics["snapshot"]["generator"].replace(".", "_") + variant_suffix(args.framing_search, options)
-    with open(os.path.join(args.out, f"framing-{tag}.json"), "w") as f:
+    with open(os.path.join(args.out, f"framing-{generator_tag}{variant_suffix(args.framing_search, options)}.json"),
+              "w") as f:
         json.dump(metrics, f, indent=2)
     summary = markdown_summary(metrics)
     print(summary)
     if args.doc:
-        suffix = variant_suffix(args.framing_search, options)
         heading = "Framing evaluation (held-out CelebA identities)" + (f", variant {suffix[1:]}" if suffix else "")
         write_doc(args.doc, summary, RESULTS_START.format(suffix=suffix), RESULTS_END.format(suffix=suffix),
                   heading=heading)
