@@ -4,7 +4,8 @@
 
 Writes benchmarks/results/ops-<device>.{json,md}. Shapes follow PULSE: R restarts x a StyleGAN2 layer
 (CPU: the default 64-px generator's layers and scaled-down config-f ones; CUDA: 32 restarts at
-64^2 x 512, 256^2 x 128 and 1024^2 x 32). Reported: median time, speed-up (reference / fused), and
+64^2 x 512, 256^2 x 128 and 1024^2 x 32). Reported over --repeats interleaved rounds: median and fastest time, the speed-up (reference / fused)
+with its range over rounds, and
 achieved memory bandwidth (elementwise ops) or TFLOP/s (convolutions) from the minimal traffic or
 arithmetic of the op.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 
 import torch
@@ -29,10 +31,15 @@ CPU_LOSS_SHAPES = [(8, 64, 16), (32, 64, 16), (8, 256, 32), (2, 1024, 32)]
 CUDA_LOSS_SHAPES = [(64, 64, 16), (32, 256, 32), (32, 1024, 32), (64, 1024, 16)]
 
 
-def bench(fn_fused, fn_ref, device, *, backward_inputs, reps_seconds):
-    out = {}
-    for impl, fn in (("fused", fn_fused), ("reference", fn_ref)):
-        def forward():
+def bench(fn_fused, fn_ref, device, *, backward_inputs, reps_seconds, repeats=1):
+    """Time both paths ``repeats`` times, interleaved (fused first in even rounds, reference first in odd
+    ones), so that a load change on a shared machine hits both alike. Reported per path and pass: the
+    median and the minimum of the rounds' median times; per pass the median speed-up of the rounds
+    (each round's reference / fused) and its range over rounds (the spread to read it against)."""
+    paths = {"fused": fn_fused, "reference": fn_ref}
+    runners = {}
+    for impl, fn in paths.items():
+        def forward(fn=fn):
             with torch.no_grad():
                 fn()
 
@@ -43,14 +50,26 @@ def bench(fn_fused, fn_ref, device, *, backward_inputs, reps_seconds):
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         upstream = [torch.randn_like(t) for t in outputs]
 
-        def forward_backward():
+        def forward_backward(fn=fn, upstream=upstream):
             y = fn()
             torch.autograd.grad(y if isinstance(y, tuple) else (y,), backward_inputs, upstream)
 
-        out[f"{impl}_fwd_ms"] = time_call(forward, device, min_seconds=reps_seconds) * 1e3
-        out[f"{impl}_fwdbwd_ms"] = time_call(forward_backward, device, min_seconds=reps_seconds) * 1e3
-    out["speedup_fwd"] = out["reference_fwd_ms"] / out["fused_fwd_ms"]
-    out["speedup_fwdbwd"] = out["reference_fwdbwd_ms"] / out["fused_fwdbwd_ms"]
+        runners[impl] = {"fwd": forward, "fwdbwd": forward_backward}
+    times = {(impl, p): [] for impl in paths for p in ("fwd", "fwdbwd")}
+    for round_index in range(repeats):
+        order = ("fused", "reference") if round_index % 2 == 0 else ("reference", "fused")
+        for p in ("fwd", "fwdbwd"):
+            for impl in order:
+                times[(impl, p)].append(time_call(runners[impl][p], device, min_seconds=reps_seconds) * 1e3)
+    out = {}
+    for (impl, p), ms in times.items():
+        out[f"{impl}_{p}_ms"] = statistics.median(ms)
+        out[f"{impl}_{p}_min_ms"] = min(ms)
+    for p in ("fwd", "fwdbwd"):
+        ratios = [r / f for r, f in zip(times[("reference", p)], times[("fused", p)])]
+        out[f"speedup_{p}"] = statistics.median(ratios)
+        out[f"speedup_{p}_range"] = [min(ratios), max(ratios)]
+        out[f"speedup_{p}_spread"] = f"{min(ratios):.2f}-{max(ratios):.2f}"
     return out
 
 
@@ -59,6 +78,8 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="fewer shapes and shorter timing (smoke run)")
     parser.add_argument("--seconds", type=float, default=0.5, help="minimum timing per measurement")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="interleaved rounds per shape; medians, minima and the speed-up's range over rounds")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
     parser.add_argument("--mallopt", action="store_true",
                         help="tune glibc malloc as the pulse-ext command does (no page faults on fresh buffers); "
@@ -73,7 +94,7 @@ def main(argv=None):
     device = torch.device(args.device)
     shapes = CUDA_SHAPES if device.type == "cuda" else CPU_SHAPES
     if args.quick:
-        shapes, args.seconds = shapes[:2], 0.1
+        shapes, args.seconds, args.repeats = shapes[:2], 0.1, min(args.repeats, 2)
     torch.manual_seed(0)
     rows = []
     for r, c, h in shapes:
@@ -92,7 +113,7 @@ def main(argv=None):
 
         row = dict(op="noise_bias_act", shape=f"{r}x{c}x{h}x{h}")
         row.update(bench(nba("fused"), nba("reference"), device, backward_inputs=[x, noise, strength, bias, demod],
-                         reps_seconds=args.seconds))
+                         reps_seconds=args.seconds, repeats=args.repeats))
         # Minimal traffic: forward reads x (+ noise) and writes y; backward reads grad, y, x and writes grad_x.
         n_el = x.numel()
         row["fused_fwdbwd_GBps"] = (2 * n_el + 4 * n_el) * 4 / (row["fused_fwdbwd_ms"] * 1e-3) / 1e9
@@ -126,12 +147,13 @@ def main(argv=None):
                         + (f" [{backend}]" if backend else ""))
                 row = dict(op=name, shape=f"{r}x{c}x{xin.shape[2]}->{c}x{h}")
                 row.update(bench(mc("fused", conv_dtype), mc("reference", conv_dtype), device,
-                                 backward_inputs=[xin, styles], reps_seconds=args.seconds))
+                                 backward_inputs=[xin, styles], reps_seconds=args.seconds, repeats=args.repeats))
                 flops = 2 * r * c * c * 9 * xin.shape[2] * xin.shape[3]  # at the input resolution, as NVIDIA runs it
                 row["fused_fwd_TFLOPs"] = flops / (row["fused_fwd_ms"] * 1e-3) / 1e12
                 rows.append(row)
             os.environ.pop(backend_variable, None)
-        print(*(f"{row['op']} {row['shape']}: fwd x{row['speedup_fwd']:.2f} fwd+bwd x{row['speedup_fwdbwd']:.2f}"
+        print(*(f"{row['op']} {row['shape']}: fwd x{row['speedup_fwd']:.2f} ({row['speedup_fwd_spread']}) "
+                f"fwd+bwd x{row['speedup_fwdbwd']:.2f} ({row['speedup_fwdbwd_spread']})"
                 for row in rows[first:]), sep="\n", flush=True)
     loss_shapes = CUDA_LOSS_SHAPES if device.type == "cuda" else CPU_LOSS_SHAPES
     for r, res, lr in (loss_shapes[:2] if args.quick else loss_shapes):
@@ -142,14 +164,18 @@ def main(argv=None):
             return lambda: ops.area_downscale_loss(rgb, target, impl=impl)
 
         row = dict(op="area_downscale_loss", shape=f"{r}x3x{res}x{res}->{lr}x{lr}")
-        row.update(bench(adl("fused"), adl("reference"), device, backward_inputs=[rgb], reps_seconds=args.seconds))
+        row.update(bench(adl("fused"), adl("reference"), device, backward_inputs=[rgb], reps_seconds=args.seconds, repeats=args.repeats))
         # Minimal traffic: forward reads img, backward writes d img.
         row["fused_fwdbwd_GBps"] = 2 * rgb.numel() * 4 / (row["fused_fwdbwd_ms"] * 1e-3) / 1e9
         rows.append(row)
-        print(f"{row['op']} {row['shape']}: fwd x{row['speedup_fwd']:.2f} fwd+bwd x{row['speedup_fwdbwd']:.2f}", flush=True)
-    columns = ["op", "shape", "fused_fwd_ms", "reference_fwd_ms", "speedup_fwd", "fused_fwdbwd_ms",
-               "reference_fwdbwd_ms", "speedup_fwdbwd", "fused_fwdbwd_GBps", "fused_fwd_TFLOPs"]
-    notes = ("Speed-ups are reference time / fused time measured side by side in this run. GB/s counts the minimal "
+        print(f"{row['op']} {row['shape']}: fwd x{row['speedup_fwd']:.2f} ({row['speedup_fwd_spread']}) "
+              f"fwd+bwd x{row['speedup_fwdbwd']:.2f} ({row['speedup_fwdbwd_spread']})", flush=True)
+    columns = ["op", "shape", "fused_fwd_ms", "reference_fwd_ms", "speedup_fwd", "speedup_fwd_spread",
+               "fused_fwdbwd_ms", "fused_fwdbwd_min_ms", "reference_fwdbwd_ms", "reference_fwdbwd_min_ms",
+               "speedup_fwdbwd", "speedup_fwdbwd_spread", "fused_fwdbwd_GBps", "fused_fwd_TFLOPs"]
+    notes = (f"{args.repeats} interleaved rounds per shape (fused and reference alternate which goes first); times are "
+             "the median of the rounds' medians (_min_ms: the fastest round), speed-ups the median of the rounds' "
+             "reference / fused ratios, _spread their range over rounds. GB/s counts the minimal "
              "traffic (fp32); TFLOP/s counts 2*N*Cout*Cin*9*H_in*W_in for the convolution (the direct algorithm's "
              "arithmetic, also for Winograd, which does 4x fewer multiplications: its rate is effective). On CPU the inputs of "
              "noise_bias_act and the modulated convolution are channels-last, the layout the fused generator keeps "

@@ -149,7 +149,7 @@ if want sanitizer && { [ -x "$sanitizer" ] || [ "$dry_run" = 1 ]; }; then
 elif want sanitizer; then
   printf '\n## compute-sanitizer\n\nnot found on this machine\n' >> "$report"
 fi
-want ops && step "op microbenchmarks" 60 150 $PY benchmarks/bench_ops.py --device cuda --seconds 0.25
+want ops && step "op microbenchmarks" 60 150 $PY benchmarks/bench_ops.py --device cuda --seconds 0.1 --repeats 3
 # The comparisons the issues ask for: R=1 and R=32 at 64, 256 and 1024 px (18 configurations, one
 # process each); the rest of the R grid comes last.
 want e2e && step "bench_e2e.py (R = 1, 32)" 90 240 $PY benchmarks/bench_e2e.py --device cuda --restarts 1,32 \

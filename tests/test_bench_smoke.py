@@ -119,3 +119,23 @@ def test_bench_search_options_times_every_configuration(tmp_path, monkeypatch):
     assert set(result["median_s"]) == {"plain", "framing_search", "intermediate_8_16",
                                        "framing_search+intermediate_8_16"}
     assert result["ratio_to_plain"]["plain"] == 1.0 and all(v > 0 for v in result["median_s"].values())
+
+
+def test_bench_ops_reports_the_spread_over_interleaved_rounds():
+    """bench_ops.bench times both paths in every round and reports medians, minima and the speed-up's range
+    (consistency of the report only; no timing is asserted)."""
+    sys.path.insert(0, BENCH)
+    try:
+        import bench_ops
+    finally:
+        sys.path.remove(BENCH)
+    x = torch.randn(64, 64, requires_grad=True)
+    once = lambda: (x @ x).tanh()  # noqa: E731
+    twice = lambda: ((x @ x) @ x).tanh() + (x @ x).tanh()  # noqa: E731
+    out = bench_ops.bench(once, twice, torch.device("cpu"), backward_inputs=[x], reps_seconds=0.0, repeats=3)
+    for p in ("fwd", "fwdbwd"):
+        low, high = out[f"speedup_{p}_range"]
+        assert low <= out[f"speedup_{p}"] <= high
+        assert out[f"speedup_{p}_spread"] == f"{low:.2f}-{high:.2f}"
+        for impl in ("fused", "reference"):
+            assert 0 < out[f"{impl}_{p}_min_ms"] <= out[f"{impl}_{p}_ms"]
