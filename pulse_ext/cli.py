@@ -11,12 +11,11 @@ User mistakes (a missing file, an unreadable checkpoint, a bad option value) rai
 ``pulse-ext: error: …`` on stderr and returns 2, without a traceback.
 """
 import argparse
-import ctypes
 import importlib
-import os
 import sys
 
 from pulse_ext.errors import PROG, UserError
+from pulse_ext.allocator import tune_glibc_malloc
 
 SUBCOMMANDS = {
     "align": "pulse_ext.cli_align:ALIGN",
@@ -69,33 +68,6 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-
-
-# glibc mallopt parameters (malloc.h)
-M_TRIM_THRESHOLD = -1
-M_MMAP_MAX = -4
-
-
-def tune_glibc_malloc() -> bool:
-    """Keep large buffers in the heap and freed memory in the process (glibc only).
-
-    By default glibc serves allocations over its (at most 32 MiB) mmap threshold with fresh mmaps and
-    returns freed heap tops to the OS, so every search step page-faults its activations in again:
-    ~15 % of a 32-restart CPU step here (docs/performance.md). Process-wide, so only the command line
-    does it (its process is ours); the price is that peak memory stays with the process until it
-    exits. Skipped when the user set MALLOC_MMAP_MAX_ / MALLOC_TRIM_THRESHOLD_ themselves. Returns
-    whether it applied.
-    """
-    if not sys.platform.startswith("linux") or {"MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_"} & set(os.environ):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (e.g. musl)
-        return False
-    ok = mallopt(M_MMAP_MAX, 0) == 1  # never mmap: every allocation from the (reused) heap
-    ok &= mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1) == 1  # never give the heap top back
-    return bool(ok)
 
 
 def run():

@@ -5,6 +5,7 @@ batched PULSE search, and candidate selection (converged first, by loss, distinc
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import time
@@ -15,6 +16,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from pulse_ext.allocator import freed_memory_kept
 from pulse_ext.diagnosis import Diagnosis, check_realism_option, diagnose
 from pulse_ext.pulse.batching import search_in_parts
 from pulse_ext.pulse.latent import restart_seed
@@ -311,28 +313,31 @@ def upscale(image, *, generator=None, restarts: int = 8, steps: int = DEFAULT_ST
     def split_warning(text):
         warnings.warn(f"PULSE: {text}", PulseMemoryWarning, stacklevel=3)
 
-    frame_box, probe = None, None
-    if framing_search:
-        from pulse_ext.pulse.framing import (DEFAULT_PROBE_RESTARTS, DEFAULT_PROBE_STEPS, candidate_boxes,
-                                             probe_boxes)
+    # The probes and the search (maybe in parts) share one allocator setting on the CPU: freed buffers
+    # stay in the process until the last search ends (pulse_ext.allocator).
+    with freed_memory_kept() if search_device.type == "cpu" else contextlib.nullcontext():
+        frame_box, probe = None, None
+        if framing_search:
+            from pulse_ext.pulse.framing import (DEFAULT_PROBE_RESTARTS, DEFAULT_PROBE_STEPS, candidate_boxes,
+                                                 probe_boxes)
 
-        if searcher.downscale != "area":
-            raise ValueError(f"framing_search compares boxes of any size, which needs downscale='area', "
-                             f"got downscale={searcher.downscale!r}")
-        latent_only = {k: v for k, v in options.items() if not k.startswith("intermediate_")}  # probe: latents only
-        short = PULSE(generator, loss=loss, eps=eps, steps=min(DEFAULT_PROBE_STEPS, int(steps)), **latent_only)
-        box, probe = probe_boxes(
-            lambda t, s: search_in_parts(short, t, s, search_device, on_split=split_warning),
-            x, candidate_boxes(h, w),
-            lambda i: [restart_seed(int(seed), 1 + i, r) for r in range(DEFAULT_PROBE_RESTARTS)])
-        frame_box = box.as_dict()
-        x = box.crop(x)
-    # Restarts that would not fit the memory available are searched in batches (the same results: a
-    # restart depends only on its seed), with a PulseMemoryWarning saying so.
-    seeds = [[restart_seed(int(seed), 0, r) for r in range(int(restarts))]]
-    result = search_in_parts(searcher, x.reshape(1, *x.shape[-3:]).contiguous(), seeds, search_device,
-                             on_split=split_warning, progress=progress, callback=callback,
-                             callback_every=callback_every)
+            if searcher.downscale != "area":
+                raise ValueError(f"framing_search compares boxes of any size, which needs downscale='area', "
+                                 f"got downscale={searcher.downscale!r}")
+            latent_only = {k: v for k, v in options.items() if not k.startswith("intermediate_")}  # probe: latents only
+            short = PULSE(generator, loss=loss, eps=eps, steps=min(DEFAULT_PROBE_STEPS, int(steps)), **latent_only)
+            box, probe = probe_boxes(
+                lambda t, s: search_in_parts(short, t, s, search_device, on_split=split_warning),
+                x, candidate_boxes(h, w),
+                lambda i: [restart_seed(int(seed), 1 + i, r) for r in range(DEFAULT_PROBE_RESTARTS)])
+            frame_box = box.as_dict()
+            x = box.crop(x)
+        # Restarts that would not fit the memory available are searched in batches (the same results: a
+        # restart depends only on its seed), with a PulseMemoryWarning saying so.
+        seeds = [[restart_seed(int(seed), 0, r) for r in range(int(restarts))]]
+        result = search_in_parts(searcher, x.reshape(1, *x.shape[-3:]).contiguous(), seeds, search_device,
+                                 on_split=split_warning, progress=progress, callback=callback,
+                                 callback_every=callback_every)
 
     picked = select_candidates(result, int(num_outputs))
     converged = [bool(result.converged[0, r]) for r in picked]

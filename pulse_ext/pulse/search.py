@@ -9,6 +9,7 @@ rows from the batch. Nothing else in a step waits for the device.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -16,6 +17,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 
+from pulse_ext.allocator import freed_memory_kept
 from pulse_ext.pulse.latent import LatentStats, fit_latent_stats, latent_to_w, restart_seed
 from pulse_ext.pulse.losses import DOWNSCALERS, downscale_losses, parse_loss, per_restart_loss, target_size_problem
 from pulse_ext.pulse.optim import LR_SCHEDULES, OPTIMIZERS, SphericalOptimizer, lr_factor
@@ -301,29 +303,31 @@ class PULSE:
 
         saved_flags = [p.requires_grad for p in G.parameters()]
         saved_impl = getattr(G, "impl", None)
-        try:
-            G.requires_grad_(False)
-            if self.impl is not None:
-                G.set_impl(self.impl)
-            more = bool(self.intermediate_resolutions)  # phases after the latent search need its noise maps
-            if self.search_resolution is not None or self.precision != "fp32":
-                from pulse_ext.pulse.progressive import staged_run
-                result = staged_run(self, target, seeds, n, num_images, num_restarts, stats, stats_seconds,
-                                    device, dtype, progress, callback, int(callback_every), track_noise=more)
-            else:
-                result = self._run(target, seeds, n, num_images, num_restarts, stats, stats_seconds, device, dtype,
-                                   progress, callback, int(callback_every), track_noise=more)
-            if more:
-                from pulse_ext.pulse.intermediate import intermediate_run
-                result = intermediate_run(self, result, target, seeds, n, num_images, num_restarts, stats,
-                                          stats_seconds, device, dtype, progress, callback, int(callback_every))
-            result.noises = None
-            return result
-        finally:
-            for p, flag in zip(G.parameters(), saved_flags):
-                p.requires_grad_(flag)
-            if self.impl is not None and saved_impl is not None:
-                G.set_impl(saved_impl)
+        # On the CPU, freed buffers stay in the process while the search runs (pulse_ext.allocator).
+        with freed_memory_kept() if device.type == "cpu" else contextlib.nullcontext():
+            try:
+                G.requires_grad_(False)
+                if self.impl is not None:
+                    G.set_impl(self.impl)
+                more = bool(self.intermediate_resolutions)  # phases after the latent search need its noise maps
+                if self.search_resolution is not None or self.precision != "fp32":
+                    from pulse_ext.pulse.progressive import staged_run
+                    result = staged_run(self, target, seeds, n, num_images, num_restarts, stats, stats_seconds,
+                                        device, dtype, progress, callback, int(callback_every), track_noise=more)
+                else:
+                    result = self._run(target, seeds, n, num_images, num_restarts, stats, stats_seconds, device, dtype,
+                                       progress, callback, int(callback_every), track_noise=more)
+                if more:
+                    from pulse_ext.pulse.intermediate import intermediate_run
+                    result = intermediate_run(self, result, target, seeds, n, num_images, num_restarts, stats,
+                                              stats_seconds, device, dtype, progress, callback, int(callback_every))
+                result.noises = None
+                return result
+            finally:
+                for p, flag in zip(G.parameters(), saved_flags):
+                    p.requires_grad_(flag)
+                if self.impl is not None and saved_impl is not None:
+                    G.set_impl(saved_impl)
 
     def _run(self, target, seeds, n, num_images, num_restarts, stats, stats_seconds, device, dtype, progress,
              callback=None, callback_every=1, *, steps=None, synthesize=None, image_size=None, init=None,
