@@ -17,13 +17,45 @@ Cross-check: config-f 1024 (channel_base 32768, channel_max 512) gives ~75.5 G M
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, List
 
 FIR_TAPS = 16  # 4x4 [1,3,3,1] filter
 
 
 def channels(res: int, channel_base: int, channel_max: int) -> int:
     return min(channel_base // res, channel_max)
+
+
+def synthesis_layers(resolution: int, channel_base: int, channel_max: int, img_channels: int = 3,
+                     up_to: int | None = None) -> List[dict]:
+    """The synthesis network's layers in forward order, each a dict: name (the generator's module name:
+    ``b<res>.conv0`` / ``.conv1`` / ``.torgb``, and ``b<res>.upsample_img`` for the skip image's FIR),
+    kind ("conv3x3", "conv3x3_up2", "torgb", "fir_img"), res (output side), c_in, c_out, macs split into
+    conv / fir / torgb. The one definition of the MAC count: ``synthesis_macs`` sums these."""
+    last = resolution if up_to is None else up_to
+    layers = []
+
+    def add(name, kind, res, c_in, c_out, conv=0.0, fir=0.0, torgb=0.0):
+        layers.append(dict(name=name, kind=kind, res=res, c_in=c_in, c_out=c_out,
+                           macs=dict(conv=float(conv), fir=float(fir), torgb=float(torgb))))
+
+    res = 4
+    while res <= last:
+        c_out = channels(res, channel_base, channel_max)
+        if res == 4:
+            add("b4.conv1", "conv3x3", res, c_out, c_out, conv=c_out * c_out * 9 * res * res)  # on the const
+        else:
+            c_in = channels(res // 2, channel_base, channel_max)
+            h_in = res // 2
+            # conv0: the stride-2 transposed conv runs at the input resolution, its FIR at the output's
+            add(f"b{res}.conv0", "conv3x3_up2", res, c_in, c_out, conv=c_out * c_in * 9 * h_in * h_in,
+                fir=c_out * FIR_TAPS * res * res)
+            add(f"b{res}.conv1", "conv3x3", res, c_out, c_out, conv=c_out * c_out * 9 * res * res)
+            add(f"b{res}.upsample_img", "fir_img", res, img_channels, img_channels,
+                fir=img_channels * FIR_TAPS * res * res)
+        add(f"b{res}.torgb", "torgb", res, c_out, img_channels, torgb=c_out * img_channels * res * res)
+        res *= 2
+    return layers
 
 
 def synthesis_macs(resolution: int, channel_base: int, channel_max: int, img_channels: int = 3,
@@ -34,27 +66,13 @@ def synthesis_macs(resolution: int, channel_base: int, channel_max: int, img_cha
     filters of the up=2 convs and of the skip image), torgb, affine (style affines), total = conv + fir
     + torgb, and per-resolution totals under 'by_res'.
     """
-    last = resolution if up_to is None else up_to
     out = {"conv": 0.0, "fir": 0.0, "torgb": 0.0, "affine": 0.0, "by_res": {}}
-    res = 4
-    while res <= last:
-        c_out = channels(res, channel_base, channel_max)
-        before = out["conv"] + out["fir"] + out["torgb"]
-        if res == 4:
-            out["conv"] += c_out * c_out * 9 * res * res            # conv1 on the const input
-            out["affine"] += w_dim * c_out
-        else:
-            c_in = channels(res // 2, channel_base, channel_max)
-            h_in = res // 2
-            out["conv"] += c_out * c_in * 9 * h_in * h_in           # conv0: transposed conv at input res
-            out["fir"] += c_out * FIR_TAPS * res * res              # conv0's FIR at output res
-            out["conv"] += c_out * c_out * 9 * res * res            # conv1
-            out["fir"] += img_channels * FIR_TAPS * res * res       # skip image upsampling
-            out["affine"] += w_dim * (c_in + c_out)
-        out["torgb"] += c_out * img_channels * res * res
-        out["affine"] += w_dim * c_out
-        out["by_res"][res] = out["conv"] + out["fir"] + out["torgb"] - before
-        res *= 2
+    for layer in synthesis_layers(resolution, channel_base, channel_max, img_channels, up_to):
+        for part, macs in layer["macs"].items():
+            out[part] += macs
+        out["by_res"][layer["res"]] = out["by_res"].get(layer["res"], 0.0) + sum(layer["macs"].values())
+        if layer["kind"] != "fir_img":  # every modulated layer has a style affine w_dim -> c_in
+            out["affine"] += w_dim * layer["c_in"]
     out["total"] = out["conv"] + out["fir"] + out["torgb"]
     return out
 

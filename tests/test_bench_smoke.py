@@ -139,3 +139,26 @@ def test_bench_ops_reports_the_spread_over_interleaved_rounds():
         assert out[f"speedup_{p}_spread"] == f"{low:.2f}-{high:.2f}"
         for impl in ("fused", "reference"):
             assert 0 < out[f"{impl}_{p}_min_ms"] <= out[f"{impl}_{p}_ms"]
+
+
+def test_roofline_tiny_run_covers_every_layer(bench, tmp_path, monkeypatch):
+    import flops
+    import roofline
+    monkeypatch.setattr(roofline, "write_results", lambda name, device, rows, columns, notes, extra=None: str(tmp_path / f"{name}.md"))
+    threads = torch.get_num_threads()
+    try:
+        rows, steps = roofline.main(["--device", "cpu", "--threads", "1", "--size", "16", "--restarts", "1,2",
+                                     "--rounds", "1", "--steps", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    cfg = bench.config_for(16)
+    layers = flops.synthesis_layers(16, cfg["channel_base"], cfg["channel_max"])
+    assert [(s["precision"], s["R"]) for s in steps] == [("fp32", 1), ("fp32", 2), ("bf16", 1), ("bf16", 2)]
+    for precision, r in [(s["precision"], s["R"]) for s in steps]:
+        mine = [row for row in rows if row["precision"] == precision and row["R"] == r]
+        assert [row["layer"] for row in mine] == [layer["name"] for layer in layers]
+        # the per-layer FLOPs add up to the whole step's FLOP model
+        total = sum(row["GFLOP"] for row in mine) * 1e9
+        assert abs(total / (r * flops.step_flops(16, cfg["channel_base"], cfg["channel_max"])) - 1) < 1e-9
+        assert all(row["bound"] in ("compute", "memory") and row["measured_ms"] > 0 for row in mine)
+    assert all(s["s_per_step"] > 0 and s["layers_s"] > 0 for s in steps)
