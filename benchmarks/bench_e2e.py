@@ -149,8 +149,13 @@ def _run_config(cfg: dict) -> dict:
     row = dict(size=size, R=r, path=path, variant="+".join(sorted(variant)) or "base",
                threads=torch.get_num_threads())
     if "mallopt" in variant:
-        from pulse_ext.cli import tune_glibc_malloc  # what the pulse-ext command does at start-up
+        from pulse_ext.allocator import tune_glibc_malloc  # what the pulse-ext command does at start-up
         row["mallopt_ok"] = tune_glibc_malloc()
+    if "glibc_defaults" in variant:
+        # The search as it was before pulse_ext.allocator: glibc's default limits, as a user who set them
+        # (glibc read its environment at start-up; the library reads it at every search).
+        from pulse_ext.allocator import GLIBC_DEFAULT_TRIM_THRESHOLD
+        os.environ["MALLOC_TRIM_THRESHOLD_"] = str(GLIBC_DEFAULT_TRIM_THRESHOLD)
     G = build_generator(size, device, cfg.get("generator"))
     if device.type == "cpu":
         # A configuration that cannot fit is reported, not run: the kernel's OOM killer would end it (and
@@ -395,7 +400,9 @@ def main_study(args, device):
                "base_best_l2", "max_img_diff_vs_base", "threads", "steps", "generator"]
     notes = (f"Each variant in its own process, same seeds, {args.steps} steps after a 1-step warm-up; "
              f"speedup_vs_base = s_per_step(base) / s_per_step(variant). mallopt: M_MMAP_MAX=0 + M_TRIM_THRESHOLD=2^31-1 "
-             f"via ctypes at process start. sync1: sync_every=1 (one host read per step) vs the default 5. "
+             f"via ctypes at process start (what pulse-ext does; the search itself does it while it runs since "
+             f"pulse_ext.allocator). glibc_defaults: the search with glibc's default limits (as before "
+             f"pulse_ext.allocator). sync1: sync_every=1 (one host read per step) vs the default 5. "
              f"channels_last: activations converted to channels_last before every modulated conv. bf16: "
              f"PULSE(precision='bf16'): the 3x3 convolutions in bfloat16, then one fp32 render of the results "
              f"(included in s_per_step); best_l2 / max_img_diff_vs_base compare the search result with the fp32 "

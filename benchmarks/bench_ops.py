@@ -23,8 +23,9 @@ from common import time_call, write_results  # noqa: E402
 
 from pulse_ext import ops  # noqa: E402
 
-CPU_SHAPES = [  # (R, C, H): default 64-px generator layers and a config-f layer, scaled for 2 cores
-    (8, 128, 16), (8, 64, 32), (8, 32, 64), (2, 512, 16), (8, 128, 4)]
+CPU_SHAPES = [  # (R, C, H): default 64-px generator layers and a config-f layer, scaled for 2 cores;
+    # 16 x 128 x 32^2 is issue #19's NCHW case
+    (8, 128, 16), (8, 64, 32), (8, 32, 64), (2, 512, 16), (8, 128, 4), (16, 128, 32)]
 CUDA_SHAPES = [(32, 512, 64), (32, 128, 256), (32, 32, 1024), (32, 512, 8)]
 # area_downscale_loss: (R, output resolution, input resolution) of real PULSE jobs.
 CPU_LOSS_SHAPES = [(8, 64, 16), (32, 64, 16), (8, 256, 32), (2, 1024, 32)]
@@ -86,7 +87,7 @@ def main(argv=None):
                              "results go to ops-mallopt-<device>")
     args = parser.parse_args(argv)
     if args.mallopt:
-        from pulse_ext.cli import tune_glibc_malloc
+        from pulse_ext.allocator import tune_glibc_malloc
         if not tune_glibc_malloc():
             parser.error("--mallopt: glibc mallopt is not available here")
     if args.threads:
@@ -128,9 +129,6 @@ def main(argv=None):
                 # the reference gets the same tensor.
                 xin = xin.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
 
-            def mc(impl, conv_dtype):
-                return lambda: ops.modulated_conv2d(xin, weight, styles, up=up, conv_dtype=conv_dtype, impl=impl)
-
             # The stride-1 case runs on each backend: on CUDA cuDNN (the default) and our implicit-GEMM
             # kernels, in fp32 (SIMT) and bf16 (tensor cores; its reference convolves in bf16 too), on the
             # CPU Winograd (the default up to 256x256 channels) and oneDNN's direct convolution.
@@ -139,15 +137,26 @@ def main(argv=None):
             if up == 1 and device.type == "cuda":
                 variants = [(b, dt) for dt in (None, torch.bfloat16) for b in ("cudnn", "igemm")]
             elif up == 1:
-                variants = [("winograd", None), ("onednn", None)]
+                # ... and, default backend, on an NCHW input (a caller's own tensor: the fused op converts it)
+                variants = [("winograd", None), ("onednn", None), ("nchw", None)]
             for backend, conv_dtype in variants:
-                if backend:
+                layer_input = xin
+                if backend == "nchw":
+                    layer_input = xin.detach().contiguous().requires_grad_()
+                elif backend:
                     os.environ[backend_variable] = backend
+
+                def mc(impl, conv_dtype, layer_input=layer_input):
+                    return lambda: ops.modulated_conv2d(layer_input, weight, styles, up=up, conv_dtype=conv_dtype,
+                                                        impl=impl)
+
                 name = (f"modulated_conv2d up={up}" + (" bf16" if conv_dtype else "")
                         + (f" [{backend}]" if backend else ""))
                 row = dict(op=name, shape=f"{r}x{c}x{xin.shape[2]}->{c}x{h}")
                 row.update(bench(mc("fused", conv_dtype), mc("reference", conv_dtype), device,
-                                 backward_inputs=[xin, styles], reps_seconds=args.seconds, repeats=args.repeats))
+                                 backward_inputs=[layer_input, styles], reps_seconds=args.seconds,
+                                 repeats=args.repeats))
+                os.environ.pop(backend_variable, None)
                 flops = 2 * r * c * c * 9 * xin.shape[2] * xin.shape[3]  # at the input resolution, as NVIDIA runs it
                 row["fused_fwd_TFLOPs"] = flops / (row["fused_fwd_ms"] * 1e-3) / 1e12
                 rows.append(row)
@@ -179,8 +188,9 @@ def main(argv=None):
              "traffic (fp32); TFLOP/s counts 2*N*Cout*Cin*9*H_in*W_in for the convolution (the direct algorithm's "
              "arithmetic, also for Winograd, which does 4x fewer multiplications: its rate is effective). On CPU the inputs of "
              "noise_bias_act and the modulated convolution are channels-last, the layout the fused generator keeps "
-             "between layers (both paths get the same tensor). "
-             + ("glibc malloc tuned as the pulse-ext command does (pulse_ext.cli.tune_glibc_malloc): freed buffers are "
+             "between layers (both paths get the same tensor), except the [nchw] rows: an NCHW tensor, as a caller may "
+             "pass one. "
+             + ("glibc malloc tuned as the pulse-ext command does (pulse_ext.allocator.tune_glibc_malloc): freed buffers are "
                 "reused, not unmapped, so outputs do not page-fault." if args.mallopt else
                 "glibc malloc defaults: buffers over its mmap threshold are fresh mappings that page-fault on first "
                 "touch (compare ops-mallopt-<device>)."))

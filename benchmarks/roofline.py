@@ -14,8 +14,8 @@
    the conv's precision), its arithmetic intensity, the roofline time max(FLOP / peak, bytes / bandwidth)
    and which term bounds it, then the measured time of that layer alone: its real module on the fused
    path, channels-last input as in the generator, forward + autograd.grad wrt (x, w), median of rounds.
-   "% of roofline" = roofline time / measured time. Like the search, it runs with freed memory kept in
-   the process (``pulse_ext.allocator.freed_memory_kept``). FLOPs are a direct convolution's: the CPU's fused
+   "% of roofline" = roofline time / measured time. Like the search, each layer is timed with freed
+   memory kept in the process (``pulse_ext.allocator.freed_memory_kept``). FLOPs are a direct convolution's: the CPU's fused
    3x3 path is Winograd F(2x2, 3x3), which multiplies 2.25x less, so it can pass 100 % of a roofline
    drawn in direct-convolution FLOPs (and a GFLOP/s above the matmul peak means exactly that).
 3. **The whole step** measured by ``PULSE.search`` (eps 0, a few steps after a warm-up search), its share
@@ -141,6 +141,15 @@ def layer_modules(G) -> dict:
 
 def time_layer(fn, in_shape, takes_w, restarts: int, w_dim: int, device, rounds: int) -> float:
     """Median seconds of fn's forward + autograd.grad wrt its inputs (one warm-up call first)."""
+    from pulse_ext.allocator import freed_memory_kept
+
+    # As in a search, freed buffers stay in the process while the layer is timed, and go back after it:
+    # held across all layers (each larger than the last), the heap would grow by every layer's peak.
+    with freed_memory_kept():
+        return _time_layer(fn, in_shape, takes_w, restarts, w_dim, device, rounds)
+
+
+def _time_layer(fn, in_shape, takes_w, restarts: int, w_dim: int, device, rounds: int) -> float:
     g = torch.Generator().manual_seed(0)
     x = torch.randn((restarts,) + tuple(in_shape), generator=g).to(device)
     if x.shape[1] > 3:  # the generator's 3x3 layers hand channels-last activations on
@@ -202,10 +211,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
-    from pulse_ext.allocator import freed_memory_kept
-
-    with freed_memory_kept():  # what PULSE.search does on the CPU, for the layers timed alone too
-        return run(args, device, restarts_list, precisions)
+    return run(args, device, restarts_list, precisions)
 
 
 def run(args, device, restarts_list, precisions):

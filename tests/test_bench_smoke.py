@@ -162,3 +162,12 @@ def test_roofline_tiny_run_covers_every_layer(bench, tmp_path, monkeypatch):
         assert abs(total / (r * flops.step_flops(16, cfg["channel_base"], cfg["channel_max"])) - 1) < 1e-9
         assert all(row["bound"] in ("compute", "memory") and row["measured_ms"] > 0 for row in mine)
     assert all(s["s_per_step"] > 0 and s["layers_s"] > 0 for s in steps)
+
+
+def test_bench_upscale_tiny_run_compares_the_same_search(bench, tmp_path, monkeypatch):
+    import bench_upscale
+    monkeypatch.setattr(bench_upscale, "write_results", lambda name, device, rows, columns, notes: str(tmp_path / f"{name}.md"))
+    rows = bench_upscale.main(["--size", "16", "--restarts", "3", "--steps", "2", "--threads", "1"])
+    assert [r["variant"] for r in rows] == ["before", "now"]
+    assert all(r["search_s"] > 0 and r["peak_rss_MB"] > 0 for r in rows)
+    assert abs(rows[0]["best_l2"] - rows[1]["best_l2"]) < 1e-5 * rows[0]["best_l2"]  # the same restarts

@@ -171,6 +171,28 @@ def test_restarts_that_do_not_fit_the_memory_are_searched_in_batches_with_the_sa
     assert parts.restart_indices == whole.restart_indices
 
 
+def test_cpu_batches_larger_than_the_efficient_size_are_searched_in_parts_silently(face, monkeypatch):
+    """Beyond cpu_efficient_rows a CPU step gets slower per restart (config-f 1024 px: 2 rows): such
+    searches run in parts of that size, with the same images and no memory warning."""
+    from pulse_ext.pulse import batching
+
+    G = tiny_search_generator(dtype=torch.float64)
+    options = dict(generator=G, restarts=5, steps=6, eps=1e-12, seed=3, num_outputs=5, return_result=True, **FAST)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PulseConvergenceWarning)
+        whole = upscale(face, **options)
+        monkeypatch.setattr(batching, "CPU_EFFICIENT_BATCH_BYTES", 2 * batching.activation_bytes(G))
+        assert batching.cpu_efficient_rows(G) == 2
+        warnings.simplefilter("error", PulseMemoryWarning)
+        parts = upscale(face, **options)
+    assert "splits" not in whole.search.timings
+    assert parts.search.timings["splits"] == 2 and parts.search.seeds == whole.search.seeds
+    torch.testing.assert_close(parts.search.images, whole.search.images, rtol=1e-9, atol=1e-9)
+    assert parts.restart_indices == whole.restart_indices
+    monkeypatch.setattr(batching, "CPU_EFFICIENT_BATCH_BYTES", 0)
+    assert batching.cpu_efficient_rows(G) == 1  # never below one row
+
+
 def test_upscale_reports_a_diagnosis(G, face):
     result = upscale(face, generator=G, restarts=2, steps=3, eps=1e-12, seed=2, return_result=True,
                      stats_samples=1000, realism_check="off")

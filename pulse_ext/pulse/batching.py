@@ -131,6 +131,20 @@ def cpu_row_bytes(generator, impl: str = "fused") -> int:
     return int(CPU_ROW_FACTOR["reference" if impl == "reference" else "fused"] * activation_bytes(generator))
 
 
+# CPU: a batch of restarts larger than this many activation bytes runs slower per restart, so bigger
+# batches are searched in parts (the same results). Measured with bench_e2e (fused path, 2 threads, glibc
+# memory kept, 2026-12-07, AMD EPYC VM; benchmarks/results/e2e-restarts-cpu.md): config-f 1024 px (501 MiB
+# per row) 1.09 / 1.05 / 0.61 restart-steps/s at R = 1 / 2 / 4 (roofline-1024-cpu.md: 1.00 / 0.90 / 0.83 s
+# per restart-step at R = 1 / 4 / 8; the Intel Xeon VM, 2026-12-05: 0.80 at R = 1, 0.66 at R = 8); 256 px
+# (117 MiB) flat from R = 1 to 8 (2.6-2.8); the 64-px default (1.8 MiB) gains up to R = 32 and beyond.
+CPU_EFFICIENT_BATCH_BYTES = 1 << 30
+
+
+def cpu_efficient_rows(generator) -> int:
+    """Most rows a CPU search step runs at full speed per restart (CPU_EFFICIENT_BATCH_BYTES), at least 1."""
+    return max(1, CPU_EFFICIENT_BATCH_BYTES // activation_bytes(generator))
+
+
 def available_cpu_bytes() -> Optional[int]:
     """Memory the kernel could give this process now without swapping (Linux MemAvailable); None elsewhere."""
     try:
@@ -174,8 +188,10 @@ def row_bytes_for(searcher, shape, device) -> Optional[int]:
 def search_in_parts(searcher, target: torch.Tensor, seeds: List[List[int]], device,
                     on_split: Optional[Callable[[str], None]] = None, **search_kwargs):
     """``searcher.search(target, seeds=seeds, **search_kwargs)``, in parts when the rows do not fit the
-    memory available (CPU: estimated before starting; CUDA: on an out-of-memory error). ``on_split``
-    receives one line per decision to split."""
+    memory available (CPU: estimated before starting; CUDA: on an out-of-memory error), and on the CPU in
+    parts of at most ``cpu_efficient_rows`` rows, beyond which a step gets slower per restart (config-f
+    1024 px: 2 rows). ``on_split`` receives one line per decision to split for memory (the speed cap is
+    silent: it changes nothing but the time)."""
     device = torch.device(device)
     rows = len(seeds) * len(seeds[0])
     max_rows = None
@@ -185,5 +201,7 @@ def search_in_parts(searcher, target: torch.Tensor, seeds: List[List[int]], devi
         if max_rows is not None and rows > max_rows and on_split is not None:
             on_split(f"{rows} restarts need about {rows * row_bytes / 2 ** 30:.1f} GiB ({row_bytes / 2 ** 20:.0f} MiB "
                      f"each) and {max_rows} fit the memory available now: searching them in batches")
+        efficient = cpu_efficient_rows(searcher.generator)
+        max_rows = efficient if max_rows is None else min(max_rows, efficient)
     return search_split(lambda t, s: searcher.search(t, seeds=s, **search_kwargs), target, seeds, max_rows,
                         on_split=on_split, report_cap_splits=False)
