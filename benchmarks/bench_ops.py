@@ -85,6 +85,9 @@ def main(argv=None):
     parser.add_argument("--mallopt", action="store_true",
                         help="tune glibc malloc as the pulse-ext command does (no page faults on fresh buffers); "
                              "results go to ops-mallopt-<device>")
+    parser.add_argument("--shapes", default=None,
+                        help="only these layer shapes, RxCxH comma-separated (e.g. 16x128x32); skips the loss op")
+    parser.add_argument("--tag", default="", help="results name suffix: ops[-mallopt]-<tag>-<device>")
     args = parser.parse_args(argv)
     if args.mallopt:
         from pulse_ext.allocator import tune_glibc_malloc
@@ -94,6 +97,13 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     shapes = CUDA_SHAPES if device.type == "cuda" else CPU_SHAPES
+    if args.shapes:
+        try:
+            shapes = [tuple(int(v) for v in item.split("x")) for item in args.shapes.split(",")]
+        except ValueError:
+            parser.error(f"--shapes: expected RxCxH items such as 16x128x32, got {args.shapes!r}")
+        if any(len(shape) != 3 for shape in shapes):
+            parser.error(f"--shapes: expected RxCxH items such as 16x128x32, got {args.shapes!r}")
     if args.quick:
         shapes, args.seconds, args.repeats = shapes[:2], 0.1, min(args.repeats, 2)
     torch.manual_seed(0)
@@ -165,7 +175,7 @@ def main(argv=None):
                 f"fwd+bwd x{row['speedup_fwdbwd']:.2f} ({row['speedup_fwdbwd_spread']})"
                 for row in rows[first:]), sep="\n", flush=True)
     loss_shapes = CUDA_LOSS_SHAPES if device.type == "cuda" else CPU_LOSS_SHAPES
-    for r, res, lr in (loss_shapes[:2] if args.quick else loss_shapes):
+    for r, res, lr in ([] if args.shapes else loss_shapes[:2] if args.quick else loss_shapes):
         rgb = torch.rand(r, 3, res, res, device=device, requires_grad=True)
         target = torch.rand(1, 3, lr, lr, device=device)
 
@@ -194,7 +204,8 @@ def main(argv=None):
                 "reused, not unmapped, so outputs do not page-fault." if args.mallopt else
                 "glibc malloc defaults: buffers over its mmap threshold are fresh mappings that page-fault on first "
                 "touch (compare ops-mallopt-<device>)."))
-    path = write_results("ops-mallopt" if args.mallopt else "ops", device, rows, columns, notes)
+    name = ("ops-mallopt" if args.mallopt else "ops") + (f"-{args.tag}" if args.tag else "")
+    path = write_results(name, device, rows, columns, notes)
     print("wrote", path)
 
 
