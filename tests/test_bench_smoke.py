@@ -171,3 +171,26 @@ def test_bench_upscale_tiny_run_compares_the_same_search(bench, tmp_path, monkey
     assert [r["variant"] for r in rows] == ["before", "now"]
     assert all(r["search_s"] > 0 and r["peak_rss_MB"] > 0 for r in rows)
     assert abs(rows[0]["best_l2"] - rows[1]["best_l2"]) < 1e-5 * rows[0]["best_l2"]  # the same restarts
+
+
+def test_bench_original_names_what_is_missing_from_the_checkout(bench, tmp_path):
+    import bench_original
+    (tmp_path / "PULSE.py").write_text("")
+    with pytest.raises(SystemExit, match="not a checkout of adamian98/pulse .*missing stylegan.py"):
+        bench_original.main(["--original", str(tmp_path)])
+
+
+@pytest.mark.skipif(not os.environ.get("PULSE_ORIGINAL_PATH"),
+                    reason="needs a checkout of github.com/adamian98/pulse in PULSE_ORIGINAL_PATH (never vendored)")
+def test_bench_original_times_the_original_loop_on_the_cpu(bench):
+    row = json.loads(subprocess_output([sys.executable, os.path.join(BENCH, "bench_original.py"), "--worker",
+                                        "original", "--original", os.environ["PULSE_ORIGINAL_PATH"], "--steps", "1",
+                                        "--threads", "1"]))
+    assert row["s_per_restart_step"] > 0
+
+
+def subprocess_output(cmd):
+    import subprocess
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.strip().splitlines()[-1]
