@@ -113,6 +113,32 @@ def test_job_result_equals_single_file_run_with_the_image_seed(generator_file, t
     assert np.abs(pixels(single).astype(int) - pixels(out / "face1.png")).max() <= 1
 
 
+def test_folder_job_caps_cpu_batches_at_the_efficient_size(generator_file, tmp_path, monkeypatch, capsys):
+    """Batches over cpu_efficient_rows restarts are slower per restart on the CPU: a folder job searches
+    them in parts of that size, says so, and writes the images it writes uncapped."""
+    from pulse_ext.pulse import batching
+
+    caps = []
+    split = jobs.search_split
+
+    def recording_split(search, targets, seeds, max_rows, **kwargs):
+        caps.append(max_rows)
+        return split(search, targets, seeds, max_rows, **kwargs)
+
+    monkeypatch.setattr(jobs, "search_split", recording_split)
+    make_faces(tiny_generator(), tmp_path / "in", 2)
+    assert main(job(generator_file, [tmp_path / "in"], tmp_path / "whole", "--batch", "2", restarts=3)) == 0
+    assert caps[-1] is None or caps[-1] >= 6  # 2 inputs x 3 restarts in one batch
+    monkeypatch.setattr(batching, "CPU_EFFICIENT_BATCH_BYTES", 2 * batching.activation_bytes(tiny_generator()))
+    argv = [a for a in job(generator_file, [tmp_path / "in"], tmp_path / "capped", "--batch", "2", restarts=3)
+            if a != "-q"]
+    assert main(argv) == 0
+    assert caps[-1] == 2
+    assert "at most 2 restarts per batch: larger batches are slower per restart on the CPU" in capsys.readouterr().err
+    for name in ("face0.png", "face1.png"):
+        assert np.abs(pixels(tmp_path / "whole" / name).astype(int) - pixels(tmp_path / "capped" / name)).max() <= 1
+
+
 def test_partial_manifest_line_and_missing_output_are_redone(generator_file, tmp_path):
     make_faces(tiny_generator(), tmp_path / "in", 3)
     out = tmp_path / "out"
