@@ -62,8 +62,9 @@ def tune_glibc_malloc() -> bool:
 
 
 @contextlib.contextmanager
-def freed_memory_kept():
-    """While the block runs, glibc keeps freed memory in the process instead of unmapping it (as
+def freed_memory_kept(device="cpu"):
+    """While the block runs a search on ``device`` (a torch.device or its name; only "cpu" has an effect),
+    glibc keeps freed memory in the process instead of unmapping it (as
     :func:`tune_glibc_malloc`), so a CPU search reuses its buffers from step to step instead of
     page-faulting them in again; on leaving the last such block, glibc's default limits are restored and
     the freed memory goes back to the OS (``malloc_trim``). Nested and concurrent blocks share one
@@ -72,7 +73,8 @@ def freed_memory_kept():
     threads too); glibc's adaptive mmap threshold stays where it had got to.
     """
     global _scopes
-    libc = _glibc()
+    on_cpu = str(getattr(device, "type", device)).split(":")[0] == "cpu"
+    libc = _glibc() if on_cpu else None
     with _lock:
         active = libc is not None and not _process_wide
         if active:

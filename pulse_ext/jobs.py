@@ -38,7 +38,7 @@ import torch
 from pulse_ext.diagnosis import check_realism_option, diagnose
 from pulse_ext.errors import PROG, UserError
 from pulse_ext.io import ImageReadError, atomic_write, make_output_folder, probe_writable, read_image, save_image
-from pulse_ext.pulse.batching import cpu_efficient_rows, row_bytes_for, rows_that_fit, search_split
+from pulse_ext.pulse.batching import row_bytes_for, rows_that_fit, search_split, speed_capped_rows
 from pulse_ext.runtime import resolve_device
 from pulse_ext.upscale import fit_size, size_problem
 
@@ -453,9 +453,9 @@ def _run_ranked(args, out, inputs, aligner, dist, started):
             if max_rows is not None:
                 how = "measured" if device.type == "cuda" else "estimated"
                 say(f"about {row_bytes / 2 ** 20:.1f} MiB per restart ({how}): at most {max_rows} restarts per batch")
-            if device.type == "cpu" and (max_rows is None or cpu_efficient_rows(searcher.generator) < max_rows):
-                # beyond this a CPU step gets slower per restart (pulse_ext.pulse.batching)
-                max_rows = cpu_efficient_rows(searcher.generator)
+            memory_rows = max_rows
+            max_rows = speed_capped_rows(memory_rows, searcher.generator, device)
+            if max_rows != memory_rows:
                 say(f"at most {max_rows} restarts per batch: larger batches are slower per restart on the CPU")
         t0 = time.perf_counter()
         result = search_split(lambda x, s: searcher.search(x, seeds=s), targets, seeds, max_rows,

@@ -5,7 +5,6 @@ batched PULSE search, and candidate selection (converged first, by loss, distinc
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import time
@@ -315,7 +314,7 @@ def upscale(image, *, generator=None, restarts: int = 8, steps: int = DEFAULT_ST
 
     # The probes and the search (maybe in parts) share one allocator setting on the CPU: freed buffers
     # stay in the process until the last search ends (pulse_ext.allocator).
-    with freed_memory_kept() if search_device.type == "cpu" else contextlib.nullcontext():
+    with freed_memory_kept(search_device):
         frame_box, probe = None, None
         if framing_search:
             from pulse_ext.pulse.framing import (DEFAULT_PROBE_RESTARTS, DEFAULT_PROBE_STEPS, candidate_boxes,

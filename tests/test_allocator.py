@@ -61,6 +61,15 @@ def test_freed_memory_stays_only_inside_the_block():
     assert out == "returned kept kept returned"
 
 
+def test_a_block_for_another_device_changes_nothing():
+    out = scenario("""
+        with freed_memory_kept("cuda:0"):
+            inside = freed_buffer_stays()
+        report(inside)
+    """)
+    assert out == "returned"
+
+
 def test_nested_blocks_give_memory_back_only_when_the_last_ends():
     out = scenario("""
         with freed_memory_kept():

@@ -145,6 +145,14 @@ def cpu_efficient_rows(generator) -> int:
     return max(1, CPU_EFFICIENT_BATCH_BYTES // activation_bytes(generator))
 
 
+def speed_capped_rows(max_rows: Optional[int], generator, device) -> Optional[int]:
+    """``max_rows`` (a memory cap, or None) lowered on the CPU to ``cpu_efficient_rows``; as is elsewhere."""
+    if torch.device(device).type != "cpu":
+        return max_rows
+    efficient = cpu_efficient_rows(generator)
+    return efficient if max_rows is None else min(max_rows, efficient)
+
+
 def available_cpu_bytes() -> Optional[int]:
     """Memory the kernel could give this process now without swapping (Linux MemAvailable); None elsewhere."""
     try:
@@ -201,7 +209,6 @@ def search_in_parts(searcher, target: torch.Tensor, seeds: List[List[int]], devi
         if max_rows is not None and rows > max_rows and on_split is not None:
             on_split(f"{rows} restarts need about {rows * row_bytes / 2 ** 30:.1f} GiB ({row_bytes / 2 ** 20:.0f} MiB "
                      f"each) and {max_rows} fit the memory available now: searching them in batches")
-        efficient = cpu_efficient_rows(searcher.generator)
-        max_rows = efficient if max_rows is None else min(max_rows, efficient)
+        max_rows = speed_capped_rows(max_rows, searcher.generator, device)
     return search_split(lambda t, s: searcher.search(t, seeds=s, **search_kwargs), target, seeds, max_rows,
                         on_split=on_split, report_cap_splits=False)

@@ -9,7 +9,6 @@ rows from the batch. Nothing else in a step waits for the device.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -304,7 +303,7 @@ class PULSE:
         saved_flags = [p.requires_grad for p in G.parameters()]
         saved_impl = getattr(G, "impl", None)
         # On the CPU, freed buffers stay in the process while the search runs (pulse_ext.allocator).
-        with freed_memory_kept() if device.type == "cpu" else contextlib.nullcontext():
+        with freed_memory_kept(device):
             try:
                 G.requires_grad_(False)
                 if self.impl is not None:
