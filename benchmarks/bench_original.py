@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -144,17 +143,12 @@ def main(argv=None):
         return None
     import torch
 
-    from common import write_results
+    from common import run_worker, write_results
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     rows = []
     for worker in ("original", "search", "upscale"):
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", worker, "--original", path,
-               "--steps", str(args.steps), "--threads", str(args.threads), "--restarts", str(args.restarts)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            raise SystemExit(f"bench_original: the {worker} run failed:\n{proc.stderr[-3000:]}")
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        rows.append(run_worker(__file__, ["--worker", worker, "--original", path, "--steps", str(args.steps),
+                                          "--threads", str(args.threads), "--restarts", str(args.restarts)], worker))
         print(rows[-1], flush=True)
     original = rows[0]["s_per_restart_step"]
     for row in rows:

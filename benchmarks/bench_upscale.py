@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -28,7 +27,7 @@ sys.path.insert(0, HERE)
 
 import torch  # noqa: E402
 
-from common import write_results  # noqa: E402
+from common import run_worker, write_results  # noqa: E402
 
 EXAMPLE = os.path.join(HERE, "..", "examples", "astronaut16.png")
 VARIANTS = ("before", "now")
@@ -74,14 +73,10 @@ def main(argv=None):
         print(json.dumps(run_variant(args.worker, args.size, args.restarts, args.steps, args.threads)))
         return None
     rows = []
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     for variant in VARIANTS:
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", variant, "--size", str(args.size),
-               "--restarts", str(args.restarts), "--steps", str(args.steps), "--threads", str(args.threads)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            raise SystemExit(f"{variant} failed:\n{proc.stderr[-2000:]}")
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        rows.append(run_worker(__file__, ["--worker", variant, "--size", str(args.size), "--restarts",
+                                          str(args.restarts), "--steps", str(args.steps), "--threads",
+                                          str(args.threads)], variant))
         print(rows[-1], flush=True)
     before = rows[0]["search_s"]
     for row in rows:

@@ -6,6 +6,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from typing import Callable
 
@@ -82,3 +84,15 @@ def write_results(name: str, device: torch.device, rows: list[dict], columns: li
     path = os.path.join(RESULTS_DIR, tag + ".md")
     _write_atomically(path, "\n".join(lines) + "\n")
     return path
+
+
+def run_worker(script: str, args: list[str], what: str) -> dict:
+    """``python script *args`` in a fresh process without the caller's MALLOC_* settings (so each side sets
+    up the allocator itself); returns the JSON object its last stdout line holds. A failed run ends the
+    benchmark with its stderr, naming ``what`` ran."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    proc = subprocess.run([sys.executable, os.path.abspath(script), *args], capture_output=True, text=True,
+                          env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"{os.path.basename(script)}: the {what} run failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -15,9 +15,10 @@
    and which term bounds it, then the measured time of that layer alone: its real module on the fused
    path, channels-last input as in the generator, forward + autograd.grad wrt (x, w), median of rounds.
    "% of roofline" = roofline time / measured time. Like the search, each layer is timed with freed
-   memory kept in the process (``pulse_ext.allocator.freed_memory_kept``). FLOPs are a direct convolution's: the CPU's fused
-   3x3 path is Winograd F(2x2, 3x3), which multiplies 2.25x less, so it can pass 100 % of a roofline
-   drawn in direct-convolution FLOPs (and a GFLOP/s above the matmul peak means exactly that).
+   memory kept in the process (``pulse_ext.allocator.freed_memory_kept``). FLOPs are a direct
+   convolution's: the CPU's fused 3x3 stride-1 path is Winograd F(4x4, 3x3), which multiplies 4x less, so
+   it can pass 100 % of a roofline drawn in direct-convolution FLOPs (and a GFLOP/s above the matmul
+   peak means exactly that).
 3. **The whole step** measured by ``PULSE.search`` (eps 0, a few steps after a warm-up search), its share
    of the fp32 / bf16 matmul peak, and how much of it the per-layer times account for (the rest: the
    loss, GEOCROSS, Adam, the style affines, allocation).
@@ -49,28 +50,24 @@ ACTIVATION_BYTES = 4  # activations stay fp32 between layers, whatever the conv 
 
 # ------------------------------------------------------------------------------------------ limits
 
-def cpu_flags() -> list[str]:
-    """The CPU features that decide which matmul kernels oneDNN can use (empty off Linux)."""
+def cpu_description() -> tuple[str, list[str]]:
+    """The CPU's model name and which of CPU_FLAGS it has (they decide the matmul kernels oneDNN can use);
+    empty off Linux."""
+    model, flags = "", []
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    present = set(line.split(":", 1)[1].split())
-                    return [flag for flag in CPU_FLAGS if flag in present]
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not model:
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    present = set(value.split())
+                    flags = [flag for flag in CPU_FLAGS if flag in present]
+                if model and flags:
+                    break
     except OSError:
         pass
-    return []
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    return model, flags
 
 
 def memory_bandwidth(device: torch.device, rounds: int = 5) -> dict:
@@ -99,8 +96,7 @@ def measure_limits(device: torch.device, threads) -> dict:
               "bf16_GFLOPs": matmul_limit(device, threads, torch.bfloat16)}
     limits.update(memory_bandwidth(device))
     if device.type == "cpu":
-        limits["cpu_model"] = cpu_model()
-        limits["cpu_flags"] = cpu_flags()
+        limits["cpu_model"], limits["cpu_flags"] = cpu_description()
     return limits
 
 
@@ -145,7 +141,7 @@ def time_layer(fn, in_shape, takes_w, restarts: int, w_dim: int, device, rounds:
 
     # As in a search, freed buffers stay in the process while the layer is timed, and go back after it:
     # held across all layers (each larger than the last), the heap would grow by every layer's peak.
-    with freed_memory_kept():
+    with freed_memory_kept(device):
         return _time_layer(fn, in_shape, takes_w, restarts, w_dim, device, rounds)
 
 
