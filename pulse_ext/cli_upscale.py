@@ -139,7 +139,11 @@ def add_arguments(parser):
                              "face: auto (default) when dlib is installed, on (an error without it), off")
     parser.add_argument("--num-outputs", type=_positive_int, default=1, metavar="K",
                         help="K distinct faces per input, converged ones first; K <= restarts (default %(default)s)")
-    parser.add_argument("--save-all", action="store_true", help="also write every restart's result (NAME.restartNN)")
+    parser.add_argument("--all-restarts", action="store_true",
+                        help="run every restart until it meets eps or the steps end (default: stop an input's "
+                             "search once --num-outputs of its restarts met eps: about half the steps, docs/pulse.md)")
+    parser.add_argument("--save-all", action="store_true",
+                        help="also write every restart's result (NAME.restartNN); implies --all-restarts")
     parser.add_argument("--save-intermediate", action="store_true",
                         help="also write an animated GIF of the search (NAME.search.gif): the best image so far")
     parser.add_argument("--intermediate-every", type=_positive_int, default=5, metavar="N",

@@ -205,6 +205,7 @@ def upscale_files(args) -> int:
                         "num_outputs": args.num_outputs, "device": str(device), "lr": args.lr,
                         "optimizer": args.optimizer, "lr_schedule": args.lr_schedule, "noise_type": args.noise_type,
                         "downscale": args.downscale, "precision": args.precision, "save_all": args.save_all,
+                        "all_restarts": args.all_restarts,
                         "save_intermediate": args.save_intermediate, "intermediate_every": args.intermediate_every,
                         "strict": args.strict, "resize": args.resize, "overwrite": args.overwrite,
                         "framing_search": args.framing_search, "realism_check": args.realism_check,

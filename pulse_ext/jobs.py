@@ -38,9 +38,9 @@ import torch
 from pulse_ext.diagnosis import check_realism_option, diagnose
 from pulse_ext.errors import PROG, UserError
 from pulse_ext.io import ImageReadError, atomic_write, make_output_folder, probe_writable, read_image, save_image
-from pulse_ext.pulse.batching import row_bytes_for, rows_that_fit, search_split, speed_capped_rows
+from pulse_ext.pulse.batching import row_bytes_for, rows_that_fit, searcher_split, speed_capped_rows
 from pulse_ext.runtime import resolve_device
-from pulse_ext.upscale import fit_size, size_problem
+from pulse_ext.upscale import fit_size, size_problem, stop_at_outputs
 
 MANIFEST = "manifest.jsonl"
 RANK_MANIFEST = "manifest.rank{rank}.jsonl"
@@ -258,6 +258,8 @@ def search_options(options) -> dict:
     if getattr(options, "intermediate", None):
         found.update(intermediate_resolutions=options.intermediate, intermediate_steps=options.intermediate_steps,
                      intermediate_radius=options.intermediate_radius)
+    if getattr(options, "all_restarts", False) or getattr(options, "save_all", False):
+        found["enough_converged"] = None  # every restart to the end (else: upscale.stop_at_outputs)
     return found
 
 
@@ -372,6 +374,7 @@ def _run_ranked(args, out, inputs, aligner, dist, started):
         searcher = PULSE(G, loss=args.loss, eps=args.eps, steps=args.steps, **options)
     except ValueError as exc:
         raise UserError(str(exc).replace("intermediate_resolutions", "--intermediate")) from None
+    stop_at_outputs(searcher, args.num_outputs, options)
 
     mine = [(i, name, path) for i, (name, path) in enumerate(inputs) if i % dist.world == dist.rank]
     skipped = 0
@@ -458,8 +461,7 @@ def _run_ranked(args, out, inputs, aligner, dist, started):
             if max_rows != memory_rows:
                 say(f"at most {max_rows} restarts per batch: larger batches are slower per restart on the CPU")
         t0 = time.perf_counter()
-        result = search_split(lambda x, s: searcher.search(x, seeds=s), targets, seeds, max_rows,
-                              on_split=lambda text: say(text))
+        result = searcher_split(searcher, targets, seeds, max_rows, on_split=lambda text: say(text))
         search_seconds = time.perf_counter() - t0
         index = 0
         for item in batch:

@@ -244,6 +244,13 @@ def select_candidates(result: SearchResult, num_outputs: int, input_index: int =
 DEFAULT_STEPS = 200
 
 
+def stop_at_outputs(searcher, num_outputs: int, options) -> None:
+    """upscale()'s and the CLI's default: a plain search stops once ``num_outputs`` restarts met eps
+    (``PULSE(enough_converged=num_outputs)``), unless ``options`` set ``enough_converged`` (None: all)."""
+    if "enough_converged" not in options and searcher.plain:
+        searcher.enough_converged = int(num_outputs)
+
+
 def upscale(image, *, generator=None, restarts: int = 8, steps: int = DEFAULT_STEPS, num_outputs: int = 1, eps: float = 2e-3,
             loss: str = "100*L2+0.05*GEOCROSS", seed: Optional[int] = None,
             device: Optional[Union[str, torch.device]] = None, progress: Union[bool, str] = False,
@@ -279,7 +286,9 @@ def upscale(image, *, generator=None, restarts: int = 8, steps: int = DEFAULT_ST
             warn (``PulseRealismWarning``) when it does not look like a face; ``UpscaleResult.diagnosis``.
         original_size: (width, height) of the image before the caller shrank it to fit the generator, if
             it did: a photo gets different advice (align it) than a tiny input (the framing search).
-        **options: forwarded to ``PULSE``: learning_rate, optimizer, lr_schedule, noise_type,
+        **options: forwarded to ``PULSE``: enough_converged (default here: ``num_outputs`` for a plain search,
+            so the search stops once that many restarts met eps, after about half the steps on real faces;
+            None runs every restart until it converges or the steps end), learning_rate, optimizer, lr_schedule, noise_type,
             num_trainable_noise_layers, bad_noise_layers, tile_latent, downscale ("area" | "bicubic"),
             sync_every, drop_converged, latent_stats, stats_samples, impl, search_resolution,
             refine_steps, precision ("fp32" | "bf16"), cuda_graph.
@@ -302,6 +311,7 @@ def upscale(image, *, generator=None, restarts: int = 8, steps: int = DEFAULT_ST
     low_res_input = x
     h, w = x.shape[-2:]
     searcher = PULSE(generator, loss=loss, eps=eps, steps=steps, **options)  # (checks the options first)
+    stop_at_outputs(searcher, num_outputs, options)
     problem = target_size_problem((resolution, resolution), (h, w), searcher.downscale)
     if problem:
         raise ValueError(f"image size {w}x{h} does not fit the {resolution}x{resolution} generator: {problem}")
@@ -323,7 +333,9 @@ def upscale(image, *, generator=None, restarts: int = 8, steps: int = DEFAULT_ST
             if searcher.downscale != "area":
                 raise ValueError(f"framing_search compares boxes of any size, which needs downscale='area', "
                                  f"got downscale={searcher.downscale!r}")
-            latent_only = {k: v for k, v in options.items() if not k.startswith("intermediate_")}  # probe: latents only
+            # probe: latents only, every restart to the end (boxes are ranked by their best L2)
+            latent_only = {k: v for k, v in options.items() if not k.startswith("intermediate_")
+                           and k != "enough_converged"}
             short = PULSE(generator, loss=loss, eps=eps, steps=min(DEFAULT_PROBE_STEPS, int(steps)), **latent_only)
             box, probe = probe_boxes(
                 lambda t, s: search_in_parts(short, t, s, search_device, on_split=split_warning),

@@ -194,3 +194,29 @@ def subprocess_output(cmd):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout.strip().splitlines()[-1]
+
+
+def test_bench_convergence_compares_stopping_at_the_first_converged_restart(bench, tmp_path, monkeypatch):
+    import bench_convergence
+    from pulse_ext.checkpoints import save_generator
+    from conftest import tiny_search_generator
+
+    written = {}
+
+    def record(name, device, rows, columns, notes, extra=None):
+        written.update(name=name, rows=rows, extra=extra)
+        return str(tmp_path / f"{name}.md")
+
+    monkeypatch.setattr(bench_convergence, "write_results", record)
+    generator = str(tmp_path / "g.safetensors")
+    save_generator(tiny_search_generator(), generator)
+    assert bench_convergence.main(["--generator", generator, "--reachable", "3", "--utkface", "0",
+                                   "--celeba-per-framing", "0", "--steps", "60", "--tag", "smoke"]) == 0
+    assert written["name"] == "convergence-smoke" and written["extra"]["complete"] is True
+    all_row, first_row = written["rows"]
+    assert (all_row["variant"], first_row["variant"]) == ("all", "first") and all_row["n"] == first_row["n"] == 3
+    assert first_row["eps_met"] == all_row["eps_met"]  # an input meets eps in both or in neither
+    records = written["extra"]["records"]["reachable"]
+    for full, quick in zip(records["all"], records["first"]):
+        assert quick["steps_run"] <= full["steps_run"] and quick["met"] == full["met"]
+        assert quick["first_converged_step"] == full["first_converged_step"]

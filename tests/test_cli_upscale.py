@@ -138,6 +138,18 @@ def test_num_outputs_and_save_all_give_distinct_files(files, tmp_path, capsys):
     assert [r["path"] for r in meta["restarts"]] == [str(out / f"face.restart0{r}.png") for r in range(3)]
 
 
+def test_all_restarts_runs_every_restart_and_the_default_stops_at_the_first_converged(files, tmp_path):
+    metas = {}
+    for name, extra in (("default", []), ("all", ["--all-restarts"])):
+        out = tmp_path / f"face_{name}.png"
+        assert run_main(upscale(files, files["face"], "-o", str(out), "-q", "--restarts", "6", *extra)) == 0
+        metas[name] = json.loads((tmp_path / f"face_{name}.json").read_text())
+    assert metas["all"]["options"]["all_restarts"] is True and metas["default"]["options"]["all_restarts"] is False
+    assert all(r["converged"] for r in metas["all"]["restarts"])
+    assert 1 <= sum(r["converged"] for r in metas["default"]["restarts"]) < 6
+    assert metas["default"]["steps_run"] < metas["all"]["steps_run"] and metas["default"]["converged"] is True
+
+
 def test_save_intermediate_writes_an_animated_gif(files, tmp_path):
     out = tmp_path / "face_hr.png"
     args = upscale(files, files["face"], "-o", str(out), "-q", "--save-intermediate", "--intermediate-every", "2",

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from pulse_ext import jobs
+from pulse_ext.pulse import batching
 from conftest import reachable_targets, save_png
 from pulse_ext.checkpoints import save_generator
 from pulse_ext.cli import main
@@ -119,13 +120,13 @@ def test_folder_job_caps_cpu_batches_at_the_efficient_size(generator_file, tmp_p
     from pulse_ext.pulse import batching
 
     caps = []
-    split = jobs.search_split
+    split = batching.search_split
 
     def recording_split(search, targets, seeds, max_rows, **kwargs):
         caps.append(max_rows)
         return split(search, targets, seeds, max_rows, **kwargs)
 
-    monkeypatch.setattr(jobs, "search_split", recording_split)
+    monkeypatch.setattr(batching, "search_split", recording_split)
     make_faces(tiny_generator(), tmp_path / "in", 2)
     assert main(job(generator_file, [tmp_path / "in"], tmp_path / "whole", "--batch", "2", restarts=3)) == 0
     assert caps[-1] is None or caps[-1] >= 6  # 2 inputs x 3 restarts in one batch
@@ -238,7 +239,7 @@ def test_oom_split_merges_to_the_unsplit_result():
         return searcher.search(x, seeds=s)
 
     messages = []
-    split = jobs.search_split(search, targets, seeds, on_split=messages.append)
+    split = batching.search_split(search, targets, seeds, on_split=messages.append)
     whole = searcher.search(targets, seeds=seeds)
     assert calls[0] == 12 and max(calls[1:]) <= 6 and "out of memory" in messages[0]
     assert split.seeds == whole.seeds and split.images.shape == whole.images.shape
@@ -247,12 +248,12 @@ def test_oom_split_merges_to_the_unsplit_result():
     assert torch.equal(split.converged, whole.converged)
     # A cap from free memory splits up front, without waiting for an error.
     calls.clear()
-    capped = jobs.search_split(search, targets, seeds, max_rows=2)
+    capped = batching.search_split(search, targets, seeds, max_rows=2)
     assert max(calls) <= 2
     torch.testing.assert_close(capped.images, whole.images, rtol=1e-9, atol=1e-9)
     # One row that does not fit is a real error.
     with pytest.raises(torch.OutOfMemoryError):
-        jobs.search_split(lambda x, s: (_ for _ in ()).throw(torch.OutOfMemoryError("fake")), targets[:1], [[1]])
+        batching.search_split(lambda x, s: (_ for _ in ()).throw(torch.OutOfMemoryError("fake")), targets[:1], [[1]])
 
 
 def test_cpu_rows_are_capped_from_the_estimate_and_the_available_memory(monkeypatch):

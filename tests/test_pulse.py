@@ -365,6 +365,108 @@ def test_converged_restarts_freeze_and_dropping_them_changes_nothing(targets):
     assert torch.equal(runs[0].converged, runs[1].converged)
 
 
+@pytest.fixture(scope="module")
+def converging_search():
+    """A float64 search in which each input's 4 restarts converge at different steps: (G64, targets,
+    options, the search with every restart to the end)."""
+    G64 = tiny_search_generator(dtype=torch.float64)
+    target = reachable_targets(G64, 2, seed=9).double()
+    options = dict(steps=60, stats_samples=2000, sync_every=2)
+    return G64, target, options, PULSE(G64, **options).search(target, restarts=4, seed=2)
+
+
+@pytest.mark.parametrize("enough", [1, 2, 5])
+def test_enough_converged_stops_each_input_at_its_kth_converged_restart(converging_search, enough):
+    """An input stops at the first host read that sees `enough` converged restarts: the restarts converged
+    by then are exactly the full search's (same steps, same images up to float64 rounding of other batch
+    sizes), the others count as not converged,
+    and the top candidates are the full search's converged-by-then ones in loss order."""
+    G64, target, options, whole = converging_search
+    quota = PULSE(G64, enough_converged=enough, **options).quota()
+    points = quota.stop_points(whole.converged_step)
+    if enough <= 2:
+        assert all(p is not None for p in points) and max(points) < whole.steps_run  # stopping saves steps
+    else:
+        assert points == [None, None]  # more than the 4 restarts: never enough, the full search
+    part = PULSE(G64, enough_converged=enough, **options).search(target, restarts=4, seed=2)
+    assert part.steps_run == (whole.steps_run if None in points else max(points))
+    seen = quota.seen_at(whole.converged_step)
+    for b, point in enumerate(points):
+        kept = (seen[b] >= 0) & (seen[b] <= (point if point is not None else 10 ** 9))
+        assert torch.equal(part.converged[b], kept)
+        assert torch.equal(part.converged_step[b], torch.where(kept, whole.converged_step[b], -1))
+        torch.testing.assert_close(part.images[b][kept], whole.images[b][kept], rtol=1e-9, atol=1e-9)
+        top = sorted(kept.nonzero().flatten().tolist(), key=lambda r: float(whole.loss[b, r]))
+        assert part.ranking(b)[:len(top)] == top
+        if point is not None:
+            assert int(kept.sum()) >= enough
+
+
+def test_enough_converged_in_parts_returns_the_unsplit_candidates(converging_search):
+    """Split into parts of 1 row, the later parts run no longer than the earlier parts' stop point
+    (max_steps) and the merged result has the unsplit search's converged restarts and candidates."""
+    from pulse_ext.pulse.batching import searcher_split
+
+    G64, target, options, whole = converging_search
+    # The restart that converges last goes first: the first part then stops later than the unsplit
+    # search, and its restart must be marked as stopped (ConvergedQuota.apply).
+    steps = whole.converged_step[0].tolist()
+    order = sorted(range(4), key=lambda r: -(steps[r] if steps[r] >= 0 else 10 ** 9))
+    seeds = [[whole.seeds[0][r] for r in order]]
+    searcher = PULSE(G64, enough_converged=1, **options)
+    unsplit = searcher.search(target[:1], seeds=seeds)
+    assert 0 < int(unsplit.converged.sum()) < 4
+    caps = []
+    search = searcher.search
+
+    def recording(t, seeds, max_steps=None, **kwargs):
+        caps.append(max_steps)
+        return search(t, seeds=seeds, max_steps=max_steps, **kwargs)
+
+    searcher.search = recording
+    split = searcher_split(searcher, target[:1], seeds, max_rows=1)
+    assert len(caps) == 4 and caps[0] is None and all(c is not None and c <= 60 for c in caps[1:])
+    assert torch.equal(split.converged, unsplit.converged)
+    assert split.ranking(0)[:int(unsplit.converged.sum())] == unsplit.ranking(0)[:int(unsplit.converged.sum())]
+    conv = unsplit.converged[0]
+    torch.testing.assert_close(split.images[0][conv], unsplit.images[0][conv], rtol=1e-9, atol=1e-9)
+
+
+def test_max_steps_ends_the_search_on_the_full_schedule(converging_search):
+    """max_steps=k gives what the k-th step of the full search had (the schedule spans `steps`)."""
+    G64, target, options, _ = converging_search
+    snapshots = {}
+
+    def keep(progress):
+        snapshots[progress.step] = progress
+
+    PULSE(G64, **{**options, "eps": 1e-12}).search(target, restarts=2, seed=5, callback=keep)
+    short = PULSE(G64, **{**options, "eps": 1e-12}).search(target, restarts=2, seed=5, max_steps=7)
+    assert short.steps_run == 7
+    torch.testing.assert_close(short.images, snapshots[7].images, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(short.loss, snapshots[7].loss, rtol=1e-9, atol=1e-9)
+
+
+def test_enough_converged_callback_flags_and_option_errors(converging_search, G, targets):
+    G64, target, options, _ = converging_search
+    final = []
+    result = PULSE(G64, enough_converged=1, **options).search(
+        target, restarts=4, seed=2, callback=lambda p: final.append(p) if p.final else None, callback_every=3)
+    assert len(final) == 1 and torch.equal(final[0].converged, result.converged)
+    for bad in (0, -1, 1.5, True, "1"):
+        with pytest.raises(ValueError, match="enough_converged must be None or an integer >= 1"):
+            PULSE(G, enough_converged=bad)
+    with pytest.raises(ValueError, match="enough_converged works with plain searches only.*precision='bf16'"):
+        PULSE(G, enough_converged=1, precision="bf16")
+    with pytest.raises(ValueError, match="enough_converged works with plain searches only.*search_resolution=8"):
+        PULSE(G, enough_converged=1, search_resolution=8)
+    with pytest.raises(ValueError, match="max_steps must be None or >= 1, got 0"):
+        PULSE(G, stats_samples=100).search(targets[:1], max_steps=0)
+    with pytest.raises(ValueError, match="max_steps works with plain searches only"):
+        PULSE(G, stats_samples=100, search_resolution=8).search(targets[:1], max_steps=3)
+    assert PULSE(G).quota() is None and PULSE(G, enough_converged=2, sync_every=3, steps=9).quota().count == 2
+
+
 def test_search_is_deterministic_and_best_is_lowest_loss(G, targets):
     a = PULSE(G, steps=5, stats_samples=2000, eps=1e-9).search(targets[:1], restarts=2, seed=4)
     b = PULSE(G, steps=5, stats_samples=2000, eps=1e-9).search(targets[:1], restarts=2, seed=4)

@@ -115,9 +115,32 @@ def test_upscale_converges_and_returns_ranked_distinct_candidates(G, face):
     assert result.image is result.candidates[0]
     assert {"load_s", "stats_s", "search_s", "seconds_per_step", "total_s"} <= set(result.timings)
     assert result.tensors.shape == (3, 3, 16, 16) and 0 <= float(result.tensors.min()) <= float(result.tensors.max()) <= 1
-    # Same seed, same picture.
-    again = upscale(face, generator=G, restarts=3, steps=100, seed=1, **FAST)
+    # Same seed, same picture (every restart searched to the end, as for 3 outputs).
+    again = upscale(face, generator=G, restarts=3, steps=100, seed=1, enough_converged=None, **FAST)
     assert np.array_equal(np.asarray(again), arrays[0])
+
+
+@pytest.mark.parametrize("num_outputs", [1, 2])
+def test_upscale_stops_once_num_outputs_restarts_converged(face, num_outputs):
+    """By default the search ends at the first read (every 5 steps) that sees num_outputs converged
+    restarts: fewer steps, and the candidates are converged restarts with the images the full search
+    gives them (float64: other batch sizes round differently in float32)."""
+    G64 = tiny_search_generator(dtype=torch.float64)
+    options = dict(generator=G64, restarts=6, steps=100, seed=4, num_outputs=num_outputs, return_result=True, **FAST)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PulseConvergenceWarning)
+        full = upscale(face, enough_converged=None, **options)
+        quick = upscale(face, **options)
+    assert full.search.converged.all() and quick.steps_run < full.steps_run
+    assert all(quick.converged) and num_outputs <= int(quick.search.converged.sum()) < 6
+    for r in quick.restart_indices:
+        torch.testing.assert_close(quick.search.images[0, r], full.search.images[0, r], rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="enough_converged works with plain searches only"):
+        upscale(face, precision="bf16", enough_converged=1, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PulseConvergenceWarning)  # 10 steps: not meant to converge
+        staged = upscale(face, precision="bf16", **{**options, "steps": 10, "num_outputs": 1})  # no rule: runs
+    assert staged.search.converged.shape == (1, 6)
 
 
 def test_upscale_without_convergence_warns_and_returns_the_best(G, face):

@@ -10,10 +10,10 @@ from pulse_ext.pulse.losses import (DOWNSCALERS, LOSS_TERMS, LossTerm, area_resa
                                     bicubic_kernel, downscale, downscale_losses, geocross, parse_loss, per_restart_loss,
                                     target_size_problem)
 from pulse_ext.pulse.optim import LR_SCHEDULES, OPTIMIZERS, SphericalOptimizer, lr_factor
-from pulse_ext.pulse.search import NOISE_TYPES, PULSE, SearchResult, pulse_search
+from pulse_ext.pulse.search import NOISE_TYPES, PULSE, ConvergedQuota, SearchResult, pulse_search
 
 __all__ = ["DOWNSCALERS", "LOSS_TERMS", "LR_SCHEDULES", "LatentStats", "LossTerm", "NOISE_TYPES", "OPTIMIZERS",
-           "PULSE", "SearchResult", "SphericalOptimizer", "area_resample", "area_weights", "bicubic_downscale",
+           "ConvergedQuota", "PULSE", "SearchResult", "SphericalOptimizer", "area_resample", "area_weights", "bicubic_downscale",
            "bicubic_kernel", "downscale", "downscale_losses", "fit_latent_stats", "geocross", "latent_to_w",
            "lr_factor", "parse_loss", "per_restart_loss", "project_to_sphere", "pulse_search", "restart_seed",
            "sphere_radius", "target_size_problem"]

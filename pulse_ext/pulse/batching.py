@@ -49,22 +49,28 @@ class _Split(Exception):
 
 
 def search_split(search: Callable, targets: torch.Tensor, seeds: List[List[int]], max_rows: Optional[int] = None,
-                 on_split: Optional[Callable[[str], None]] = None, report_cap_splits: bool = True):
+                 on_split: Optional[Callable[[str], None]] = None, report_cap_splits: bool = True,
+                 quota=None, max_steps: Optional[int] = None):
     """``search(targets [B, C, h, w], seeds [B][R])`` with batches of at most ``max_rows`` = B * R rows, and
     on out-of-memory halved (restarts first, then inputs) and retried; the parts are merged back.
     ``on_split`` hears every split (only the out-of-memory ones when not ``report_cap_splits``).
 
     Valid because a restart's trajectory depends only on its seed (not on what else is in the batch).
+    quota: the searcher's ``ConvergedQuota`` (``enough_converged``), or None. With one, ``search`` is called
+    as ``search(targets, seeds, max_steps)``: a later part along the restarts runs no longer than the
+    earlier parts' stop points (the rule has stopped those inputs by then), and the merged result gets the
+    rule (``ConvergedQuota.apply``), so the ranked candidates are those of an unsplit search.
     """
     num_inputs, num_restarts = len(seeds), len(seeds[0])
 
-    def again(t, s):
-        return search_split(search, t, s, max_rows, on_split, report_cap_splits)
+    def again(t, s, cap=max_steps):
+        return search_split(search, t, s, max_rows, on_split=on_split, report_cap_splits=report_cap_splits,
+                            quota=quota, max_steps=cap)
 
     try:
         if max_rows is not None and num_inputs * num_restarts > max_rows and num_inputs * num_restarts > 1:
             raise _Split(f"{num_inputs}x{num_restarts} rows > cap {max_rows}")
-        return search(targets, seeds)
+        return search(targets, seeds) if quota is None else search(targets, seeds, max_steps)
     except (_Split,) + OOM_ERRORS as exc:
         if num_inputs * num_restarts == 1:
             raise
@@ -80,7 +86,14 @@ def search_split(search: Callable, targets: torch.Tensor, seeds: List[List[int]]
             parts = [[row[:half] for row in seeds], [row[half:] for row in seeds]]
             if report:
                 report(f"{reason}: splitting {num_restarts} restarts into {half} + {num_restarts - half}")
-            return merge_results([again(targets, part) for part in parts], 1)
+            if quota is None:
+                return merge_results([again(targets, part) for part in parts], 1)
+            first = again(targets, parts[0])
+            points = quota.stop_points(first.converged_step)
+            cap = max_steps
+            if all(p is not None for p in points):
+                cap = max(points) if cap is None else min(cap, max(points))
+            return quota.apply(merge_results([first, again(targets, parts[1], cap)], 1))
         half = num_inputs // 2
         if report:
             report(f"{reason}: splitting {num_inputs} inputs into {half} + {num_inputs - half}")
@@ -210,5 +223,17 @@ def search_in_parts(searcher, target: torch.Tensor, seeds: List[List[int]], devi
             on_split(f"{rows} restarts need about {rows * row_bytes / 2 ** 30:.1f} GiB ({row_bytes / 2 ** 20:.0f} MiB "
                      f"each) and {max_rows} fit the memory available now: searching them in batches")
         max_rows = speed_capped_rows(max_rows, searcher.generator, device)
-    return search_split(lambda t, s: searcher.search(t, seeds=s, **search_kwargs), target, seeds, max_rows,
-                        on_split=on_split, report_cap_splits=False)
+    return searcher_split(searcher, target, seeds, max_rows, on_split=on_split, report_cap_splits=False,
+                          **search_kwargs)
+
+
+def searcher_split(searcher, targets: torch.Tensor, seeds: List[List[int]], max_rows: Optional[int],
+                   on_split: Optional[Callable[[str], None]] = None, report_cap_splits: bool = True, **search_kwargs):
+    """``search_split`` of ``searcher.search(targets, seeds=..., **search_kwargs)`` (a ``PULSE``), with its
+    ``enough_converged`` rule applied across the parts."""
+    quota = searcher.quota()
+    if quota is None:
+        return search_split(lambda t, s: searcher.search(t, seeds=s, **search_kwargs), targets, seeds, max_rows,
+                            on_split=on_split, report_cap_splits=report_cap_splits)
+    return search_split(lambda t, s, cap: searcher.search(t, seeds=s, max_steps=cap, **search_kwargs), targets, seeds,
+                        max_rows, on_split=on_split, report_cap_splits=report_cap_splits, quota=quota)

@@ -5,7 +5,9 @@ loss, convergence flag and best-so-far image; the loss that is differentiated is
 per-row losses, so each row's gradient (and, the optimiser being element-wise, its whole trajectory)
 is the one it would have alone. A row whose L2 drops below eps is frozen; every ``sync_every`` steps
 the host reads the flags, stops when all rows converged and (``drop_converged``) removes converged
-rows from the batch. Nothing else in a step waits for the device.
+rows from the batch. With ``enough_converged=k`` an input's remaining restarts also stop at the first of
+those reads at which k of its restarts have converged (``ConvergedQuota``). Nothing else in a step waits
+for the device.
 """
 from __future__ import annotations
 
@@ -85,6 +87,48 @@ class SearchProgress:
     best_index = SearchResult.best_index
 
 
+@dataclass(frozen=True)
+class ConvergedQuota:
+    """The ``enough_converged`` rule: an input's search ends at the first host read (every ``sync_every``
+    steps, and after the last of ``steps``) that sees ``count`` of its restarts converged.
+
+    A search split into parts along the restarts (``batching.search_split``) applies the same rule to the
+    merged result with ``apply``: the restarts converged by each input's stop point are exactly those an
+    unsplit search reports, so the ranked candidates it returns are the same."""
+    count: int
+    sync_every: int
+    steps: int
+
+    def seen_at(self, converged_step: torch.Tensor) -> torch.Tensor:
+        """Steps run when a restart converged at (0-based) ``converged_step`` is seen; -1 stays -1."""
+        seen = torch.clamp((converged_step // self.sync_every + 1) * self.sync_every, max=self.steps)
+        return torch.where(converged_step >= 0, seen, converged_step)
+
+    def stop_points(self, converged_step: torch.Tensor) -> List[Optional[int]]:
+        """[B, R] converged steps -> per input the steps run at which its search stops by the rule,
+        None for an input with fewer than ``count`` converged restarts."""
+        seen = self.seen_at(converged_step.cpu())
+        points = []
+        for row in seen:
+            done = sorted(int(v) for v in row if v >= 0)
+            points.append(done[self.count - 1] if len(done) >= self.count else None)
+        return points
+
+    def apply(self, result: "SearchResult") -> "SearchResult":
+        """Mark restarts seen converged after their input's stop point as not converged (in place), as an
+        unsplit search would have stopped them first. Their images and losses stay the best of the
+        (longer) part they ran in; they rank after every converged restart."""
+        seen = self.seen_at(result.converged_step.cpu())
+        for b, point in enumerate(self.stop_points(result.converged_step)):
+            if point is None:
+                continue
+            late = (seen[b] > point).to(result.converged.device)
+            result.converged[b] &= ~late
+            result.converged_step[b] = torch.where(late, torch.full_like(result.converged_step[b], -1),
+                                                   result.converged_step[b])
+        return result
+
+
 class PULSE:
     """PULSE (Menon et al., CVPR 2020) on a StyleGAN2 ``Generator``, batched over inputs and restarts.
 
@@ -105,6 +149,14 @@ class PULSE:
             size) | "bicubic" (the original's filter, plain PyTorch, integer factors).
         sync_every: read convergence flags back every this many steps. drop_converged: remove
             converged restarts from the batch at those points.
+        enough_converged: None (default: every restart runs until it converges or the steps end) or k >= 1:
+            at those reads, an input with k converged restarts stops its other restarts (they keep their
+            best so far and count as not converged), and the search ends once every input has k or
+            the steps end. Returns the same top-k candidates as searching all restarts would have
+            converged by then, in a fraction of the time (the first restart usually converges long
+            before the last; ``benchmarks/bench_convergence.py``). Plain searches only (not with
+            search_resolution, precision "bf16" or intermediate_resolutions, whose later phases re-check
+            convergence).
         latent_stats: a ``LatentStats`` (or dict with mean/std) to skip fitting; stats_samples: samples
             for the fit otherwise.
         impl: None, or "auto" | "fused" | "reference" for the loss op and (during the search) the generator.
@@ -137,7 +189,7 @@ class PULSE:
                  impl: Optional[str] = None, search_resolution: Optional[int] = None, refine_steps: int = 10,
                  precision: str = "fp32", cuda_graph: bool = False,
                  intermediate_resolutions: Optional[Sequence[int]] = None, intermediate_steps: int = 50,
-                 intermediate_radius: float = DEFAULT_INTERMEDIATE_RADIUS):
+                 intermediate_radius: float = DEFAULT_INTERMEDIATE_RADIUS, enough_converged: Optional[int] = None):
         self.generator = generator
         self.loss_terms = parse_loss(loss)
         self.loss = loss
@@ -194,6 +246,27 @@ class PULSE:
             raise ValueError(f"intermediate_radius must be a finite number >= 0, got {intermediate_radius}")
         self.intermediate_steps = int(intermediate_steps)
         self.intermediate_radius = float(intermediate_radius)
+        if enough_converged is not None:
+            if isinstance(enough_converged, bool) or int(enough_converged) != enough_converged or enough_converged < 1:
+                raise ValueError(f"enough_converged must be None or an integer >= 1, got {enough_converged!r}")
+            if not self.plain:
+                raise ValueError("enough_converged works with plain searches only, not with search_resolution, "
+                                 "precision='bf16' or intermediate_resolutions (their later phases re-check "
+                                 f"convergence); got search_resolution={self.search_resolution}, "
+                                 f"precision={self.precision!r}, "
+                                 f"intermediate_resolutions={self.intermediate_resolutions}")
+        self.enough_converged = None if enough_converged is None else int(enough_converged)
+
+    @property
+    def plain(self) -> bool:
+        """A single-phase search: no staged resolution, no bf16 phase, no intermediate-feature phases."""
+        return self.search_resolution is None and self.precision == "fp32" and not self.intermediate_resolutions
+
+    def quota(self) -> Optional[ConvergedQuota]:
+        """The ``enough_converged`` rule of this searcher (None when every restart runs to the end)."""
+        if self.enough_converged is None:
+            return None
+        return ConvergedQuota(self.enough_converged, self.sync_every, self.steps)
 
     def _parse_bad_layers(self, bad) -> List[int]:
         count = len(self.noise_shapes)
@@ -252,7 +325,8 @@ class PULSE:
 
     def search(self, target: torch.Tensor, restarts: int = 8, seed: int = 0,
                seeds: Optional[Sequence[Sequence[int]]] = None, progress: Union[bool, str] = False,
-               callback: Optional[Callable[[SearchProgress], None]] = None, callback_every: int = 1) -> SearchResult:
+               callback: Optional[Callable[[SearchProgress], None]] = None, callback_every: int = 1,
+               max_steps: Optional[int] = None) -> SearchResult:
         """Search for generator images whose downscaled version matches ``target``.
 
         Args:
@@ -266,6 +340,9 @@ class PULSE:
             callback: called as ``callback(SearchProgress)`` after every ``callback_every``-th step and
                 after the last step (e.g. to record intermediate images). None (default) costs nothing:
                 no copies and no host synchronisation are added to the loop.
+            max_steps: end the search after this many steps at most (the learning-rate schedule still
+                spans ``steps``, so a restart's trajectory is unchanged); plain searches only. Used to run
+                the later parts of a split search no longer than the rule of ``enough_converged`` needs.
         """
         G = self.generator
         param = next(G.parameters())
@@ -291,6 +368,12 @@ class PULSE:
         n = num_images * num_restarts
         if int(callback_every) < 1:
             raise ValueError(f"callback_every must be >= 1, got {callback_every}")
+        if max_steps is not None:
+            if int(max_steps) < 1:
+                raise ValueError(f"max_steps must be None or >= 1, got {max_steps}")
+            if not self.plain:
+                raise ValueError("max_steps works with plain searches only (no search_resolution, bf16 precision "
+                                 "or intermediate_resolutions)")
         if self.cuda_graph:
             from pulse_ext.pulse import cuda_graph as graphs
             graphs.check_device(device)
@@ -315,7 +398,8 @@ class PULSE:
                                         device, dtype, progress, callback, int(callback_every), track_noise=more)
                 else:
                     result = self._run(target, seeds, n, num_images, num_restarts, stats, stats_seconds, device, dtype,
-                                       progress, callback, int(callback_every), track_noise=more)
+                                       progress, callback, int(callback_every), track_noise=more,
+                                       max_steps=None if max_steps is None else int(max_steps))
                 if more:
                     from pulse_ext.pulse.intermediate import intermediate_run
                     result = intermediate_run(self, result, target, seeds, n, num_images, num_restarts, stats,
@@ -330,7 +414,7 @@ class PULSE:
 
     def _run(self, target, seeds, n, num_images, num_restarts, stats, stats_seconds, device, dtype, progress,
              callback=None, callback_every=1, *, steps=None, synthesize=None, image_size=None, init=None,
-             lr_schedule=None, sync_every=None, track_noise=False, cuda_graph=None, extra=None):
+             lr_schedule=None, sync_every=None, track_noise=False, cuda_graph=None, extra=None, max_steps=None):
         """The search loop. The keyword-only arguments serve ``progressive`` and ``intermediate``: steps /
         sync_every override the options; synthesize(w, noise) -> image in [-1, 1] of side image_size
         replaces G.synthesis; init = (latent, {noise layer: tensor}) replaces the random start of those
@@ -338,7 +422,8 @@ class PULSE:
         at each best image; cuda_graph overrides the option. extra: [(tensor [n, ...], radius, project)]
         more per-row parameters, optimised with the latent under their own projection (see
         ``SphericalOptimizer``); synthesize is then called as synthesize(w, noise, extras, rows) (rows: the
-        global rows in the batch) and the result's ``extras`` holds each at the best image."""
+        global rows in the batch) and the result's ``extras`` holds each at the best image. max_steps: stop
+        after that many of the ``steps`` (see ``search``)."""
         G = self.generator
         loss_impl = self.impl or "auto"
         steps = self.steps if steps is None else int(steps)
@@ -395,7 +480,7 @@ class PULSE:
             for dst, src in ((out_l2, st.best_l2), (out_l1, st.best_l1), (out_loss, st.best_loss),
                              (out_step, st.conv_step)):
                 dst.index_copy_(0, st.rows, src)
-            out_conv.index_copy_(0, st.rows, ~st.active)
+            out_conv.index_copy_(0, st.rows, st.conv_step >= 0)  # (inactive rows include stopped ones)
             for dst, src in zip(out_noise + out_extras, st.best_noise + st.best_extras):
                 dst.index_copy_(0, st.rows, src)
 
@@ -434,16 +519,23 @@ class PULSE:
         if progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=steps, desc=progress if isinstance(progress, str) else "PULSE", unit="step")
+        enough = self.enough_converged
+        last_step = steps if max_steps is None else min(steps, int(max_steps))
         steps_run = 0
         start = time.perf_counter()
-        for step in range(steps):
+        for step in range(last_step):
             if graphed is not None:
                 graphed(step, lr_schedule(step, steps))
             else:
                 one_step(step, lr_schedule(step, steps))
             steps_run = step + 1
-            finished = steps_run == steps
+            finished = steps_run == last_step
             if steps_run % sync_every == 0 or finished:
+                if enough is not None:
+                    # Inputs with enough converged restarts stop the others (enough_converged).
+                    seen = out_step.index_copy(0, st.rows, st.conv_step) >= 0
+                    full = seen.view(num_images, num_restarts).sum(1) >= enough
+                    st.active &= ~full.index_select(0, st.rows // num_restarts)
                 num_active = int(st.active.sum())  # the only host synchronisation
                 if bar is not None:
                     bar.update(steps_run - bar.n)
@@ -452,7 +544,7 @@ class PULSE:
                 finished = finished or num_active == 0
             if callback is not None and (steps_run % callback_every == 0 or finished):
                 callback(self._snapshot(steps_run, finished, st.rows, num_images, num_restarts, out_img, st.best_img,
-                                        out_l2, st.best_l2, out_loss, st.best_loss, st.active))
+                                        out_l2, st.best_l2, out_loss, st.best_loss, out_step, st.conv_step))
             if steps_run % sync_every == 0 or finished:
                 if num_active == 0:
                     break
@@ -501,16 +593,15 @@ class PULSE:
 
     @staticmethod
     def _snapshot(step, final, rows, num_images, num_restarts, out_img, best_img, out_l2, best_l2, out_loss,
-                  best_loss, active) -> SearchProgress:
+                  best_loss, out_step, conv_step) -> SearchProgress:
         """Every restart's best so far (rows still in the batch from best_*, the others from out_*)."""
         with torch.no_grad():
             def merged(out, best):
                 return out.index_copy(0, rows, best).view(num_images, num_restarts, *out.shape[1:])
 
-            converged = torch.ones(out_l2.shape[0], dtype=torch.bool, device=out_l2.device).index_copy(0, rows, ~active)
             return SearchProgress(step=step, final=final, images=merged(out_img, best_img),
                                   l2=merged(out_l2, best_l2), loss=merged(out_loss, best_loss),
-                                  converged=converged.view(num_images, num_restarts))
+                                  converged=merged(out_step, conv_step) >= 0)
 
     @staticmethod
     def _progress_text(out_l2, rows, best_l2, num_images, num_restarts, num_active) -> str:
