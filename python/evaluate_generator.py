@@ -98,7 +98,8 @@ def balanced_selection(labels: np.ndarray, n: int, seed: int) -> list:
 
 def run_pulse(G, faces: np.ndarray, factor: int, seed: int, restarts: int, steps: int, batch: int, log, **options):
     """PULSE at upscale()'s defaults (``steps`` given; ``options``: more PULSE options) on each face's
-    area-downscaled input; per-face restart seeds."""
+    area-downscaled input; per-face restart seeds. Every restart is searched to the end (upscale() stops
+    once one met eps: the same eps rate, the best of fewer converged restarts; docs/pulse.md)."""
     import torch
     from pulse_ext.pulse import PULSE
     from pulse_ext.pulse.latent import restart_seed
