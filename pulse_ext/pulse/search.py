@@ -35,8 +35,12 @@ class SearchResult:
         lowest-loss one), as (G(w) + 1) / 2 *unclamped*: the losses are computed on it, as in the
         original; clamp to [0, 1] for display. latents: [B, R, L, D] the latent that gave it (L = num_ws,
         or 1 with tile_latent). l2, l1, loss: [B, R] at that image (l2/l1 unclamped, loss as optimised).
-    converged: [B, R] bool (l2 < eps). converged_step: [B, R] the 0-based step, -1 if never.
-    seeds: [B][R] the restart seeds. steps_run: steps executed (fewer than ``steps`` when all converged).
+    converged: [B, R] bool (l2 < eps). converged_step: [B, R] the 0-based step, -1 if never. With
+        ``enough_converged``, restarts stopped by the rule are not converged; in a search split into parts,
+        a restart its part saw converge after the input's stop point is marked so too, although its l2
+        is below eps (``ConvergedQuota.apply``).
+    seeds: [B][R] the restart seeds. steps_run: steps executed (fewer than ``steps`` when all converged,
+        or with ``enough_converged`` when every input had enough).
     seconds: wall time of the search loop; stats_seconds: fitting the mapping statistics (0 if cached).
     """
     images: torch.Tensor
