@@ -453,7 +453,7 @@ def test_enough_converged_callback_flags_and_option_errors(converging_search, G,
     result = PULSE(G64, enough_converged=1, **options).search(
         target, restarts=4, seed=2, callback=lambda p: final.append(p) if p.final else None, callback_every=3)
     assert len(final) == 1 and torch.equal(final[0].converged, result.converged)
-    for bad in (0, -1, 1.5, True, "1"):
+    for bad in (0, -1, 1.5, True, "1", float("nan"), float("inf")):
         with pytest.raises(ValueError, match="enough_converged must be None or an integer >= 1"):
             PULSE(G, enough_converged=bad)
     with pytest.raises(ValueError, match="enough_converged works with plain searches only.*precision='bf16'"):

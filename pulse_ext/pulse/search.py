@@ -111,7 +111,9 @@ class ConvergedQuota:
     def stop_points(self, converged_step: torch.Tensor) -> List[Optional[int]]:
         """[B, R] converged steps -> per input the steps run at which its search stops by the rule,
         None for an input with fewer than ``count`` converged restarts."""
-        seen = self.seen_at(converged_step.cpu())
+        return self._stop_points(self.seen_at(converged_step.cpu()))
+
+    def _stop_points(self, seen: torch.Tensor) -> List[Optional[int]]:
         points = []
         for row in seen:
             done = sorted(int(v) for v in row if v >= 0)
@@ -123,7 +125,7 @@ class ConvergedQuota:
         unsplit search would have stopped them first. Their images and losses stay the best of the
         (longer) part they ran in; they rank after every converged restart."""
         seen = self.seen_at(result.converged_step.cpu())
-        for b, point in enumerate(self.stop_points(result.converged_step)):
+        for b, point in enumerate(self._stop_points(seen)):
             if point is None:
                 continue
             late = (seen[b] > point).to(result.converged.device)
@@ -251,7 +253,11 @@ class PULSE:
         self.intermediate_steps = int(intermediate_steps)
         self.intermediate_radius = float(intermediate_radius)
         if enough_converged is not None:
-            if isinstance(enough_converged, bool) or int(enough_converged) != enough_converged or enough_converged < 1:
+            try:  # (NaN and infinity have no int: the same error as any other non-integer)
+                whole = not isinstance(enough_converged, bool) and int(enough_converged) == enough_converged
+            except (TypeError, ValueError, OverflowError):
+                whole = False
+            if not whole or enough_converged < 1:
                 raise ValueError(f"enough_converged must be None or an integer >= 1, got {enough_converged!r}")
             if not self.plain:
                 raise ValueError("enough_converged works with plain searches only, not with search_resolution, "
