@@ -4,6 +4,11 @@ so that the trainer's FramingSampler can cut any framing from it at run time.
 
     python python/prepare_framing.py --tar ../shared/data/celeba-ids000-149.tar --out data/celeba-framing
 
+With --heldout it keeps the other identities (ids >= --heldout-from) instead: the held-out half of the
+framing mixture that python/evaluate_mixture_fd.py compares generator samples against.
+
+    python python/prepare_framing.py --tar ../shared/data/celeba-ids000-149.tar --out data/celeba-framing-heldout --heldout
+
 Writes OUT/photos.npz: photos uint8 [N, H, W, 3] (CelebA "aligned" photos are all 218x178),
 landmarks float32 [N, 68, 2] (pixel-index coordinates), names. Photos where dlib finds no face, or
 more than one, are left out. Needs dlib (pip install 'pulse_ext[align]'). Never commit the output.
@@ -28,6 +33,8 @@ def main(argv=None):
     ap.add_argument("--tar", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--heldout-from", type=int, default=120)
+    ap.add_argument("--heldout", action="store_true",
+                    help="keep the held-out identities (ids >= --heldout-from) instead of the training ones")
     args = ap.parse_args(argv)
     from PIL import Image
 
@@ -39,7 +46,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     with tarfile.open(args.tar) as tar:
         for ident, member in celeba_photos(tar):
-            if ident >= args.heldout_from:
+            if (ident >= args.heldout_from) != args.heldout:
                 continue
             image = Image.open(tar.extractfile(member)).convert("RGB")
             found = aligner.landmarks(image)
@@ -54,7 +61,7 @@ def main(argv=None):
     tmp = path + ".tmp.npz"
     np.savez(tmp, photos=np.stack(photos), landmarks=np.stack(landmarks), names=np.asarray(names))
     os.replace(tmp, path)
-    print(f"wrote {path}: {len(photos)} photos of ids < {args.heldout_from} ({skipped} without exactly one face), "
+    print(f"wrote {path}: {len(photos)} photos of ids {'>=' if args.heldout else '<'} {args.heldout_from} ({skipped} without exactly one face), "
           f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
 

@@ -184,15 +184,17 @@ def test_astronaut_one_face_with_eyes_where_utkface_has_them():
 
 
 @requires_dlib
-def test_the_readme_example_is_the_aligned_astronaut():
-    """examples/astronaut16.png and astronaut64.png are what examples/README.md's `pulse-ext align`
-    command makes of the photo: framed like the default generator's training data."""
+@pytest.mark.parametrize("framing, stem", [("utkface", "astronaut"), ("ffhq", "astronaut-ffhq")])
+def test_the_readme_examples_are_the_aligned_astronaut(framing, stem):
+    """examples/astronaut{16,64}.png (framed like the default generator's training data) and
+    examples/astronaut-ffhq{16,64}.png (the README's loosely framed input) are what examples/README.md's
+    `pulse-ext align` commands make of the photo."""
     aligner = align.FaceAligner()
     image = Image.open(_astronaut())
     examples = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
     for size in (16, 64):
-        (face,) = aligner.align(image, size)
-        with Image.open(os.path.join(examples, f"astronaut{size}.png")) as shipped:
+        (face,) = aligner.align(image, size, framing=framing)
+        with Image.open(os.path.join(examples, f"{stem}{size}.png")) as shipped:
             expected = np.asarray(shipped.convert("RGB"), dtype=np.int16)
         made = np.asarray(face.low, dtype=np.int16)
         assert made.shape == expected.shape == (size, size, 3)

@@ -271,3 +271,32 @@ def test_framing_sampler_mixes_and_resumes_exactly():
     torch.testing.assert_close(b.next("cpu"), after)  # the RNG the checkpoint saves is all the state
     with pytest.raises(ValueError, match="framed_fraction"):
         tg.FramingSampler(images, 4, False, 0, photos, lm[None], framed_fraction=1.5)
+
+
+def test_evaluate_mixture_fd_draws_the_training_mixture(tmp_path):
+    """python/evaluate_mixture_fd.py's real sets: round(n * fraction) framed crops of the photos (by the
+    trainer's FramingSampler), then a seeded subset of the UTKFace faces, uint8 NHWC, the same for the
+    same seed; a fraction of 0 gives UTKFace faces only, and asking for more faces than the split has
+    is refused."""
+    mixture = pytest.importorskip("evaluate_mixture_fd")
+    photo, lm = _framing_photo()
+    np.savez(tmp_path / "photos.npz", photos=photo[None], landmarks=lm[None].astype(np.float32),
+             names=np.asarray(["synthetic"]))
+    rng = np.random.default_rng(0)
+    utk = rng.integers(0, 256, (20, 16, 16, 3), dtype=np.uint8)
+    utk[:, 0, 0, 0] = np.arange(20)  # every face distinct
+    mixed = mixture.mixture_sample(utk, str(tmp_path), 10, 0.3, 16, seed=5)
+    assert mixed.shape == (10, 16, 16, 3) and mixed.dtype == np.uint8
+    assert np.array_equal(mixed, mixture.mixture_sample(utk, str(tmp_path), 10, 0.3, 16, seed=5))
+    is_utk = [any(np.array_equal(face, u) for u in utk) for face in mixed]
+    assert is_utk == [False] * 3 + [True] * 7
+    assert len({face.tobytes() for face in mixed[3:]}) == 7  # drawn without replacement
+    # the framed crops are the photo's colour ramp, cut as the trainer cuts it
+    sampler = tg.FramingSampler(torch.zeros(1, 3, 16, 16, dtype=torch.uint8), 1, False, 5,
+                                torch.from_numpy(photo).permute(2, 0, 1)[None].contiguous(), lm[None])
+    expected = sampler.framed(3, 16).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(mixed[:3], expected)
+    only_utk = mixture.mixture_sample(utk, str(tmp_path), 6, 0.0, 16, seed=1)
+    assert all(any(np.array_equal(face, u) for u in utk) for face in only_utk)
+    with pytest.raises(SystemExit, match="the split has 20"):
+        mixture.mixture_sample(utk, str(tmp_path), 30, 0.0, 16, seed=1)
