@@ -31,6 +31,8 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=10, help="profiled steps")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
     parser.add_argument("--rows", type=int, default=25, help="ops listed")
+    parser.add_argument("--by-shape", action="store_true",
+                        help="one row per (op, input shapes): which layer of the generator the time is spent in")
     parser.add_argument("--out", default=None, help="markdown file (default: benchmarks/results/profile-step-<device>.md)")
     args = parser.parse_args(argv)
     from pulse_ext.pulse import PULSE
@@ -48,17 +50,18 @@ def main(argv=None) -> None:
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities) as prof:
+    with torch.profiler.profile(activities=activities, record_shapes=args.by_shape) as prof:
         start = time.perf_counter()
         searcher.search(target, restarts=args.restarts, seed=0)
         seconds = time.perf_counter() - start
     sort_key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    table = prof.key_averages().table(sort_by=sort_key, row_limit=args.rows, max_name_column_width=50)
+    table = prof.key_averages(group_by_input_shape=args.by_shape).table(
+        sort_by=sort_key, row_limit=args.rows, max_name_column_width=50, max_shapes_column_width=100)
     info = machine_info(device)
     text = (f"# PULSE step profile on {device.type}\n\n"
             f"Machine: {', '.join(f'{k}={v}' for k, v in info.items())}\n\n"
             f"`python benchmarks/profile_step.py --size {args.size} --restarts {args.restarts} --steps {args.steps}"
-            f"{f' --threads {args.threads}' if args.threads else ''}`: {seconds / args.steps:.4f} s per step "
+            f"{f' --threads {args.threads}' if args.threads else ''}{' --by-shape' if args.by_shape else ''}`: {seconds / args.steps:.4f} s per step "
             f"(profiled).\n\n```\n{table}\n```\n")
     path = args.out or os.path.join(RESULTS_DIR, f"profile-step-{device.type}.md")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -91,6 +91,22 @@ def test_profile_step_writes_its_table(bench, tmp_path):
         torch.set_num_threads(threads)
     text = out.read_text()
     assert "pulse_ext::modulated_conv2d" in text and "s per step" in text
+    assert "Input Shapes" not in text
+
+
+def test_profile_step_by_shape_names_the_layers(bench, tmp_path):
+    """--by-shape: one row per op and input shapes, so the 16-px layer's [2, C, 16, 16] input is listed."""
+    import profile_step
+    out = tmp_path / "profile.md"
+    threads = torch.get_num_threads()
+    try:
+        profile_step.main(["--device", "cpu", "--size", "16", "--restarts", "2", "--steps", "2", "--threads", "1",
+                           "--by-shape", "--rows", "200", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    text = out.read_text()
+    assert "Input Shapes" in text and "--by-shape" in text
+    assert any("pulse_ext::modulated_conv2d" in line and ", 16, 16]" in line for line in text.splitlines())
 
 
 def test_gpu_check_refuses_an_unknown_step_before_doing_anything(tmp_path):
