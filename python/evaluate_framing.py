@@ -26,6 +26,10 @@ With --framing-search each face goes through ``upscale(..., framing_search=True)
 ``--seed`` + face index): the output is the face drawn for the box of the input the probe picked, and
 the figure's middle column outlines that box. Identity distance and KID still compare against the whole
 original (the dlib embedder finds and aligns the face in either framing).
+With --photos PHOTO... the faces come from those photos instead (every face dlib finds, cut the same
+five ways): CelebA's held-out identities share their photos' source with a framing-mixture run's
+training photos, so a generator should also be judged on faces from elsewhere. Results, figures and the
+doc block then carry "-photos" in their names.
 Needs dlib (pip install 'pulse_ext[align]'); writes metrics JSON to --out.
 """
 import argparse
@@ -112,6 +116,35 @@ def heldout_faces(tar_path, heldout_from, count, resolution, seed, log):
     return {k: np.stack(v) for k, v in crops.items()}, names
 
 
+def photo_faces(paths, count_per_photo, resolution, seed, log):
+    """{framing: uint8 [N, R, R, 3]} and names from photos of the user's (not CelebA): every face dlib
+    finds in each photo (up to count_per_photo, left to right), cut in the same framings. For judging a
+    generator on faces from another source than its training photos."""
+    from PIL import Image
+
+    from pulse_ext.align import FaceAligner, crop_quad
+
+    aligner = FaceAligner()
+    rng = np.random.default_rng(seed)
+    crops = {name: [] for name in FRAMING_NAMES}
+    names = []
+    for path in paths:
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+        found = aligner.landmarks(image)
+        if not found:
+            log(f"{path}: no face found, skipped")
+            continue
+        for k, (_, points) in enumerate(found[:count_per_photo]):
+            for name, quad in framing_quads(points, image.size, rng).items():
+                crops[name].append(np.asarray(crop_quad(image, quad, resolution), dtype=np.uint8))
+            names.append(f"{os.path.basename(path)}#face{k}")
+    if not names:
+        raise SystemExit("--photos: no face found in any of the photos")
+    log(f"{len(names)} face(s) from {len(paths)} photo(s)")
+    return {k: np.stack(v) for k, v in crops.items()}, names
+
+
 def run_framing_search(G, faces, factor, seed, restarts, steps, log, **options):
     """``upscale(framing_search=True)`` on each face's area-downscaled input. Returns the inputs, best
     outputs [N, R, R, 3], best L2s, eps flags, chosen boxes (input pixels) and probe seconds per face."""
@@ -166,7 +199,8 @@ def describe_intermediate(intermediate):
 
 def markdown_summary(m):
     lines = [f"Generator `{m['snapshot']['generator']}` ({m['snapshot']['resolution']} px, sha256 "
-             f"{m['snapshot']['sha256'][:12]}); {m['n']} held-out CelebA identities per framing, 16x16 inputs, "
+             f"{m['snapshot']['sha256'][:12]}); {m['n']} "
+             f"{'face(s) from --photos' if m.get('source') == 'photos' else 'held-out CelebA identities'} per framing, 16x16 inputs, "
              f"{m['restarts']} restarts x {m['steps']} steps"
              f"{' with the framing search' if m.get('framing_search') else ''}"
              f"{describe_intermediate(m.get('intermediate'))}; {m['date']}, {m['hardware']}, {m['seconds']:.0f} s.",
@@ -174,7 +208,8 @@ def markdown_summary(m):
              "| same person (< 0.6) | KID x1e3 vs originals | s / face |", "|---|---|---|---|---|---|---|---|"]
     for name, r in m["framings"].items():
         lines.append(f"| {name} | {r['eps_rate']:.0%} | {r['realistic_outputs']:.0%} | {r['realistic_originals']:.0%} "
-                     f"| {r['identity_distance_median']:.3f} | {r['same_person']:.0%} | {r['kid_x1e3']:.1f} "
+                     f"| {r['identity_distance_median']:.3f} | {r['same_person']:.0%} "
+                     f"| {'n/a' if r['kid_x1e3'] is None else format(r['kid_x1e3'], '.1f')} "
                      f"| {r['seconds_per_face']:.1f} |")
     return "\n".join(lines)
 
@@ -186,6 +221,9 @@ def main(argv=None):
                                                      "celeba-ids000-149.tar"))
     ap.add_argument("--heldout-from", type=int, default=120)
     ap.add_argument("--per-framing", type=int, default=30, help="held-out identities (one face each)")
+    ap.add_argument("--photos", nargs="+", metavar="PHOTO", default=None,
+                    help="evaluate faces found in these photos instead of CelebA's held-out identities (faces from "
+                         "another source than the training photos; up to --per-framing faces per photo)")
     ap.add_argument("--framings", default=",".join(FRAMING_NAMES))
     ap.add_argument("--restarts", type=int, default=8)
     ap.add_argument("--steps", type=int, default=None, help="PULSE steps (default: upscale()'s)")
@@ -225,7 +263,14 @@ def main(argv=None):
     path = resolve_checkpoint_path(args.generator)
     G = load_generator(args.generator).eval()
     R = G.img_resolution
-    faces, names = heldout_faces(args.celeba, args.heldout_from, args.per_framing, R, args.seed, log)
+    if args.photos:
+        missing = [p for p in args.photos if not os.path.isfile(p)]
+        if missing:
+            log(f"error: --photos: no such file: {', '.join(missing)}")
+            return 2
+        faces, names = photo_faces(args.photos, args.per_framing, R, args.seed, log)
+    else:
+        faces, names = heldout_faces(args.celeba, args.heldout_from, args.per_framing, R, args.seed, log)
     embedder = fm.DlibEmbedder()
     os.makedirs(args.out, exist_ok=True)
     os.makedirs(args.figures, exist_ok=True)
@@ -233,11 +278,14 @@ def main(argv=None):
     # Figures and the doc block of another generator than the default carry its name, so evaluating a
     # candidate never overwrites the default's.
     generator_tag = os.path.splitext(generator_name)[0].replace(".", "_")
-    suffix = ("" if args.generator == "default" else "-" + generator_tag) + variant_suffix(args.framing_search, options)
+    source = "-photos" if args.photos else ""  # results on the user's photos never overwrite CelebA's
+    suffix = (("" if args.generator == "default" else "-" + generator_tag) + source
+              + variant_suffix(args.framing_search, options))
     metrics = {"snapshot": {"generator": generator_name,
                             "sha256": sha256_file(path), "resolution": int(R)},
                "date": datetime.date.today().isoformat(), "hardware": f"CPU, {args.threads} thread(s)",
-               "n": len(names), "photos": names, "restarts": args.restarts, "steps": steps,
+               "n": len(names), "photos": names, "source": "photos" if args.photos else "celeba-heldout",
+               "restarts": args.restarts, "steps": steps,
                "framing_search": bool(args.framing_search),
                "intermediate": {k.removeprefix("intermediate_"): v for k, v in options.items()} or None,
                "framings": {}}
@@ -264,7 +312,8 @@ def main(argv=None):
             "realistic_originals": float((orig_real >= REALISM_THRESHOLD).mean()),
             "realism_outputs_median": float(np.median(out_real)), "realism_originals_median": float(np.median(orig_real)),
             "identity_distance_median": float(np.median(distance)), "same_person": float((distance < 0.6).mean()),
-            "kid_x1e3": 1e3 * fm.kid(f_out, f_orig, num_subsets=50, subset_size=n)[0],
+            # the unbiased KID needs two faces a side
+            "kid_x1e3": 1e3 * fm.kid(f_out, f_orig, num_subsets=50, subset_size=n)[0] if n >= 2 else None,
             "seconds_per_face": seconds / n,
         }
         if boxes is not None:
@@ -279,13 +328,14 @@ def main(argv=None):
         fm.save_png(grid, os.path.join(args.figures, f"framing-{name}{suffix}.png"))
         log(f"{name}: {json.dumps(metrics['framings'][name])}")
     metrics["seconds"] = time.perf_counter() - t0
-    with open(os.path.join(args.out, f"framing-{generator_tag}{variant_suffix(args.framing_search, options)}.json"),
+    with open(os.path.join(args.out, f"framing-{generator_tag}{source}{variant_suffix(args.framing_search, options)}.json"),
               "w") as f:
         json.dump(metrics, f, indent=2)
     summary = markdown_summary(metrics)
     print(summary)
     if args.doc:
-        heading = "Framing evaluation (held-out CelebA identities)" + (f", variant {suffix[1:]}" if suffix else "")
+        heading = ("Framing evaluation (" + ("faces from --photos" if args.photos else "held-out CelebA identities")
+                   + ")" + (f", variant {suffix[1:]}" if suffix else ""))
         write_doc(args.doc, summary, RESULTS_START.format(suffix=suffix), RESULTS_END.format(suffix=suffix),
                   heading=heading)
     return 0

@@ -213,3 +213,26 @@ def test_no_face_is_per_image(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["astronaut_face0.hr.png", "astronaut_face0.png"]
     with Image.open(tmp_path / "out" / "astronaut_face0.png") as small:
         assert small.size == (8, 8)
+
+
+@requires_dlib
+def test_the_framing_evaluation_cuts_a_users_photo_like_pulse_ext_align(tmp_path):
+    """python/evaluate_framing.py --photos: every face of the photo, cut in the five framings; its tight
+    and ffhq cuts are the README examples' crops (to resampling), and a photo without a face is skipped."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
+    evaluate_framing = pytest.importorskip("evaluate_framing")
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(blank)
+    logged = []
+    faces, names = evaluate_framing.photo_faces([str(blank), _astronaut()], 30, 64, 0, logged.append)
+    assert names == ["astronaut.png#face0"] and any("no face found" in line for line in logged)
+    assert set(faces) == {"tight", "ffhq", "wide", "offcentre", "random"}
+    assert all(v.shape == (1, 64, 64, 3) and v.dtype == np.uint8 for v in faces.values())
+    examples = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+    for framing, stem in (("tight", "astronaut"), ("ffhq", "astronaut-ffhq")):
+        with Image.open(os.path.join(examples, f"{stem}64.png")) as shipped:
+            expected = np.asarray(shipped.convert("RGB"), dtype=np.int16)
+        assert np.abs(faces[framing][0].astype(np.int16) - expected).mean() < 4  # one resize vs area-downscale
+    assert np.abs(faces["tight"][0].astype(np.int16) - faces["ffhq"][0]).mean() > 10  # the framings differ
+    with pytest.raises(SystemExit, match="no face found in any"):
+        evaluate_framing.photo_faces([str(blank)], 30, 64, 0, logged.append)
