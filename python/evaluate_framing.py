@@ -129,8 +129,11 @@ def photo_faces(paths, count_per_photo, resolution, seed, log):
     crops = {name: [] for name in FRAMING_NAMES}
     names = []
     for path in paths:
-        with Image.open(path) as opened:
-            image = opened.convert("RGB")
+        try:
+            with Image.open(path) as opened:
+                image = opened.convert("RGB")
+        except OSError as error:  # not an image, or truncated
+            raise SystemExit(f"--photos: cannot read {path}: {error}")
         found = aligner.landmarks(image)
         if not found:
             log(f"{path}: no face found, skipped")
