@@ -231,9 +231,7 @@ def searcher_split(searcher, targets: torch.Tensor, seeds: List[List[int]], max_
                    on_split: Optional[Callable[[str], None]] = None, report_cap_splits: bool = True, **search_kwargs):
     """``search_split`` of ``searcher.search(targets, seeds=..., **search_kwargs)`` (a ``PULSE``), with its
     ``enough_converged`` rule applied across the parts."""
-    quota = searcher.quota()
-    if quota is None:
-        return search_split(lambda t, s: searcher.search(t, seeds=s, **search_kwargs), targets, seeds, max_rows,
-                            on_split=on_split, report_cap_splits=report_cap_splits)
-    return search_split(lambda t, s, cap: searcher.search(t, seeds=s, max_steps=cap, **search_kwargs), targets, seeds,
-                        max_rows, on_split=on_split, report_cap_splits=report_cap_splits, quota=quota)
+    # (search_split passes the step cap only with a quota; without one every part runs all the steps)
+    return search_split(lambda t, s, cap=None: searcher.search(t, seeds=s, max_steps=cap, **search_kwargs), targets,
+                        seeds, max_rows, on_split=on_split, report_cap_splits=report_cap_splits,
+                        quota=searcher.quota())
