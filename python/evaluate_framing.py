@@ -84,11 +84,19 @@ def framing_quads(landmarks, photo_size, rng):
     }
 
 
+def cut_framings(crops, image, landmarks, resolution, rng):
+    """Append one face of a PIL image, cut in every framing at resolution x resolution, to crops[framing]."""
+    from pulse_ext.align import crop_quad
+
+    for name, quad in framing_quads(landmarks, image.size, rng).items():
+        crops[name].append(np.asarray(crop_quad(image, quad, resolution), dtype=np.uint8))
+
+
 def heldout_faces(tar_path, heldout_from, count, resolution, seed, log):
     """{framing: uint8 [N, R, R, 3]} and the photo names, from the first usable photo of each identity."""
     from PIL import Image
 
-    from pulse_ext.align import FaceAligner, crop_quad
+    from pulse_ext.align import FaceAligner
 
     aligner = FaceAligner()
     rng = np.random.default_rng(seed)
@@ -107,9 +115,7 @@ def heldout_faces(tar_path, heldout_from, count, resolution, seed, log):
                 found = aligner.landmarks(image)
                 if len(found) != 1:
                     continue
-                quads = framing_quads(found[0][1], image.size, rng)
-                for name, quad in quads.items():
-                    crops[name].append(np.asarray(crop_quad(image, quad, resolution), dtype=np.uint8))
+                cut_framings(crops, image, found[0][1], resolution, rng)
                 names.append(m.name)
                 break
     log(f"{len(names)} held-out identities (ids >= {heldout_from}), one photo each")
@@ -122,7 +128,7 @@ def photo_faces(paths, count_per_photo, resolution, seed, log):
     generator on faces from another source than its training photos."""
     from PIL import Image
 
-    from pulse_ext.align import FaceAligner, crop_quad
+    from pulse_ext.align import FaceAligner
 
     aligner = FaceAligner()
     rng = np.random.default_rng(seed)
@@ -139,8 +145,7 @@ def photo_faces(paths, count_per_photo, resolution, seed, log):
             log(f"{path}: no face found, skipped")
             continue
         for k, (_, points) in enumerate(found[:count_per_photo]):
-            for name, quad in framing_quads(points, image.size, rng).items():
-                crops[name].append(np.asarray(crop_quad(image, quad, resolution), dtype=np.uint8))
+            cut_framings(crops, image, points, resolution, rng)
             names.append(f"{os.path.basename(path)}#face{k}")
     if not names:
         raise SystemExit("--photos: no face found in any of the photos")
