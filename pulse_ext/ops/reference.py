@@ -22,8 +22,12 @@ _FIR_TAPS = (1.0, 3.0, 3.0, 1.0)
 
 
 def fir_filter_2d(dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
-    """The normalised 4x4 [1,3,3,1] (x) [1,3,3,1] / 64 filter, shape [4, 4] (a new tensor)."""
-    return _shared_fir_filter_2d(dtype, device).clone()
+    """The normalised 4x4 [1,3,3,1] (x) [1,3,3,1] / 64 filter, shape [4, 4] (a new tensor).
+
+    device None is the current default device, resolved before the cache is asked: a filter built
+    under ``with torch.device("meta")`` (e.g. counting a model's parameters) must not be served later
+    to a generator built on the CPU."""
+    return _shared_fir_filter_2d(dtype, torch.get_default_device() if device is None else torch.device(device)).clone()
 
 
 def cached_constant(build):
