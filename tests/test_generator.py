@@ -346,6 +346,75 @@ def test_set_conv_dtype_runs_the_3x3_convolutions_in_bf16(impl):
         G.set_conv_dtype("bf16")
 
 
+def test_a_generator_built_on_the_meta_device_leaves_later_ones_real():
+    """The cached FIR filter is keyed by the resolved default device: building on "meta" (as counting
+    config-f's parameters does) must not hand meta buffers to a generator built afterwards."""
+    with torch.device("meta"):
+        on_meta = Generator(8, 0, 8, 8, 3, mapping_kwargs=dict(num_layers=1),
+                            synthesis_kwargs=dict(channel_base=64, channel_max=16))
+    assert on_meta.synthesis.b8.conv0.resample_filter.is_meta
+    G = Generator(8, 0, 8, 8, 3, mapping_kwargs=dict(num_layers=1), synthesis_kwargs=dict(channel_base=64, channel_max=16))
+    assert G.synthesis.b8.conv0.resample_filter.device == torch.device("cpu")
+
+
+def _synthesis_layers(G):
+    return [m for m in G.modules() if type(m).__name__ == "SynthesisLayer"]
+
+
+@pytest.mark.parametrize("impl", ["reference", pytest.param("fused", marks=needs_extension)])
+def test_frozen_weights_are_prepared_once_and_follow_every_change(impl):
+    """A frozen SynthesisLayer keeps its prepared weight and demodulation sums between calls (PULSE's
+    thousands of steps), and drops them when the weight changes in place, is replaced, or changes
+    dtype: the image always equals a fresh generator's with the same weights."""
+    G = make_generator().set_impl(impl).requires_grad_(False)
+    ws = random_ws(G, 2, seed=4)
+    first = G.synthesis(ws, noise_mode="const")
+    layers = _synthesis_layers(G)
+    kept = [layer._frozen_weights[2:] for layer in layers]
+    assert any(layer.up == 2 for layer in layers)
+    for layer in layers:  # the up=2 layers keep the weight whose [Cin, Cout] transpose is contiguous
+        assert layer._frozen_weights[2].transpose(0, 1).is_contiguous() == (layer.up == 2)
+        torch.testing.assert_close(layer._frozen_weights[3], layer.weight.square().sum((2, 3)).t(), rtol=0, atol=0)
+    assert torch.equal(G.synthesis(ws, noise_mode="const"), first)
+    assert all(a[0] is b[0] and a[1] is b[1] for a, b in zip(kept, (layer._frozen_weights[2:] for layer in layers)))
+
+    def fresh():
+        H = make_generator().set_impl(impl).requires_grad_(False)
+        H.load_state_dict(G.state_dict())
+        return H.synthesis(ws, noise_mode="const")
+
+    with torch.no_grad():  # in place (bumps the version counter), as an optimiser or load_state_dict would
+        layers[1].weight.mul_(-0.5)
+    changed = G.synthesis(ws, noise_mode="const")
+    assert not torch.allclose(changed, first)
+    torch.testing.assert_close(changed, fresh(), rtol=0, atol=1e-6)
+    layers[2].weight = torch.nn.Parameter(torch.randn_like(layers[2].weight), requires_grad=False)  # replaced
+    torch.testing.assert_close(G.synthesis(ws, noise_mode="const"), fresh(), rtol=0, atol=1e-6)
+    G.double()  # module.to swaps the storage without a version bump
+    img64 = G.synthesis(ws.double(), noise_mode="const")
+    assert img64.dtype == torch.float64
+    torch.testing.assert_close(img64.float(), fresh(), rtol=0, atol=1e-4)
+
+
+def test_trainable_weights_get_gradients_through_the_prepared_weight():
+    """With the weights trainable (grad enabled), nothing is kept: the weight gradient flows through
+    the demodulation sums and the convolution, as the reference's."""
+    grads = {}
+    for impl in ("reference", "fused") if pulse_ext._extension.is_loaded() else ("reference",):
+        G = make_generator().set_impl(impl)
+        G.synthesis(random_ws(G, 2, seed=6), noise_mode="const").square().sum().backward()
+        layer = _synthesis_layers(G)[1]
+        assert layer._frozen_weights is None and layer.weight.grad is not None
+        grads[impl] = layer.weight.grad
+        G.requires_grad_(False)
+        with torch.no_grad():
+            layer.weight.add_(1.0)
+        G.synthesis(random_ws(G, 2, seed=6), noise_mode="const")  # frozen now: prepared from the new weight
+        torch.testing.assert_close(layer._frozen_weights[3], layer.weight.square().sum((2, 3)).t(), rtol=0, atol=0)
+    if "fused" in grads:
+        torch.testing.assert_close(grads["fused"], grads["reference"], rtol=1e-4, atol=1e-4)
+
+
 # ---------------------------------------------------------------- fused vs reference
 
 

@@ -4,8 +4,9 @@ Every public op takes ``impl="auto" | "fused" | "reference"``; see each function
 """
 from pulse_ext.ops import reference
 from pulse_ext.ops.area_downscale_loss import area_downscale_loss
-from pulse_ext.ops.modulated_conv import demodulation_coefficients, modulated_conv2d, upsample2d
+from pulse_ext.ops.modulated_conv import (demodulation_coefficients, demodulation_weight_sums, modulated_conv2d,
+                                         upsample2d)
 from pulse_ext.ops.noise_bias_act import noise_bias_act
 
-__all__ = ["area_downscale_loss", "demodulation_coefficients", "modulated_conv2d", "noise_bias_act", "reference",
-           "upsample2d"]
+__all__ = ["area_downscale_loss", "demodulation_coefficients", "demodulation_weight_sums", "modulated_conv2d",
+           "noise_bias_act", "reference", "upsample2d"]

@@ -12,15 +12,31 @@ from pulse_ext.ops._dispatch import (check, check_conv_dtype, is_cpu_channels_la
                                      use_fused)
 
 
-def demodulation_coefficients(weight: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
+def demodulation_weight_sums(weight: torch.Tensor) -> torch.Tensor:
+    """sum_{kh,kw} weight[o, i, kh, kw]^2 as [Cin, Cout]: the weight's part of the demodulation
+    coefficients (it depends on the weight alone, so a caller with frozen weights may keep it).
+    weight: [Cout, Cin, k, k] -> [Cin, Cout] (a transposed view), differentiable."""
+    return weight.square().sum(dim=(2, 3)).t()
+
+
+@reference.cached_constant
+def _demod_eps(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """reference.DEMOD_EPS as a 0-dim tensor (addmm's input), one per dtype and device."""
+    return torch.full((), reference.DEMOD_EPS, dtype=dtype, device=device)
+
+
+def demodulation_coefficients(weight: torch.Tensor, styles: torch.Tensor,
+                              weight_sums: Optional[torch.Tensor] = None) -> torch.Tensor:
     """d[n, o] = rsqrt(sum_i styles[n, i]^2 * sum_{kh,kw} weight[o, i, kh, kw]^2 + 1e-8).
 
     Algebraically NVIDIA's sum over (w * s)^2, computed as one small [N, Cin] x [Cin, Cout] product
     instead of materialising N copies of the weight. weight: [Cout, Cin, k, k]; styles: [N, Cin]
-    -> [N, Cout]; differentiable (plain torch ops).
+    -> [N, Cout]; differentiable (plain torch ops). weight_sums: ``demodulation_weight_sums(weight)``
+    in styles' dtype when the caller has it already (weight is then not read).
     """
-    return torch.addmm(torch.full((), reference.DEMOD_EPS, dtype=styles.dtype, device=styles.device),
-                       styles.square(), weight.to(styles.dtype).square().sum(dim=(2, 3)).t()).rsqrt()
+    if weight_sums is None:
+        weight_sums = demodulation_weight_sums(weight.to(styles.dtype))
+    return torch.addmm(_demod_eps(styles.dtype, styles.device), styles.square(), weight_sums).rsqrt()
 
 
 def check_upsampling_kernel(k: int, up: int, padding: int) -> None:
@@ -157,6 +173,13 @@ def upsample2d(x: torch.Tensor, *, impl: str = "auto") -> torch.Tensor:
         raise ValueError(f"upsample2d: impl must be 'auto', 'fused' or 'reference', got {impl!r}")
     if impl == "reference":
         return reference.upsample2d(x)
-    c = x.shape[1]
-    f = reference._shared_fir_filter_2d(x.dtype, x.device) * 4.0
-    return F.conv_transpose2d(x, f[None, None].expand(c, 1, 4, 4), stride=2, padding=1, groups=c)
+    return F.conv_transpose2d(x, _depthwise_upsample_filter(x.dtype, x.device, x.shape[1]), stride=2, padding=1,
+                              groups=x.shape[1])
+
+
+@reference.cached_constant
+def _depthwise_upsample_filter(dtype: torch.dtype, device: torch.device, channels: int) -> torch.Tensor:
+    """upsample2d's gain-4 FIR filter for each of ``channels`` channels: [channels, 1, 4, 4], contiguous
+    (the convolution would copy an expanded view on every call)."""
+    f = reference._shared_fir_filter_2d(dtype, device) * 4.0
+    return f[None, None].expand(channels, 1, 4, 4).contiguous()

@@ -263,6 +263,33 @@ class SynthesisLayer(torch.nn.Module):
             self.register_buffer("noise_const", torch.randn([resolution, resolution]))
             self.noise_strength = torch.nn.Parameter(torch.zeros([]))
         self.bias = torch.nn.Parameter(torch.zeros([out_channels]))
+        self._frozen_weights = None  # see _weight_and_sums
+
+    def _weight_and_sums(self, dtype: torch.dtype):
+        """The weight in ``dtype`` as the convolution takes it, and ``ops.demodulation_weight_sums`` of it.
+
+        With the weight frozen (no grad, as during a PULSE search, which runs thousands of steps with
+        the same weights) both are made once and kept until the weight changes: a different tensor,
+        storage, dtype or version counter (which every in-place change through torch bumps, e.g.
+        ``load_state_dict``; ``module.to()`` swaps the storage). For up=2 the kept weight is laid out
+        so that its [Cin, Cout] transpose, which the transposed convolution reads, is contiguous: the
+        library would otherwise copy it on every call, forward and backward. Otherwise (training) both
+        are computed per call, through autograd.
+        """
+        source = self.weight
+        if source.requires_grad and torch.is_grad_enabled():
+            weight = source.to(dtype)
+            return weight, ops.demodulation_weight_sums(weight)
+        key = (source.data_ptr(), source.device, source._version, dtype)
+        cached = self._frozen_weights
+        if cached is None or cached[0] is not source or cached[1] != key:
+            with torch.no_grad():
+                weight = source.to(dtype)
+                if self.up == 2:
+                    weight = weight.transpose(0, 1).contiguous().transpose(0, 1)
+                sums = ops.demodulation_weight_sums(weight).contiguous()
+                cached = self._frozen_weights = (source, key, weight, sums)
+        return cached[2], cached[3]
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random",
                 noise: Optional[torch.Tensor] = None, gain: float = 1) -> torch.Tensor:
@@ -274,7 +301,7 @@ class SynthesisLayer(torch.nn.Module):
             raise ValueError(f"SynthesisLayer: x must be [N, {self.in_channels}, {in_res}, {in_res}], "
                              f"got {list(x.shape)}")
         n, dtype = x.shape[0], x.dtype
-        weight = self.weight.to(dtype)
+        weight, weight_sums = self._weight_and_sums(dtype)
         styles = self.affine(w.to(dtype))
 
         noise_in = None
@@ -294,7 +321,7 @@ class SynthesisLayer(torch.nn.Module):
         # also applies it first: y = act((conv * d + noise * strength + bias)) * gain.
         conv = ops.modulated_conv2d(x, weight, styles, demodulate=False, up=self.up, conv_dtype=self.conv_dtype,
                                     impl=self.impl)
-        demod = ops.demodulation_coefficients(weight, styles)
+        demod = ops.demodulation_coefficients(weight, styles, weight_sums)
         act_gain = self.act_gain * gain
         act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         return ops.noise_bias_act(conv, noise_in, self.noise_strength.to(dtype) if noise_in is not None else None,
