@@ -85,14 +85,16 @@ class FullyConnectedLayer(torch.nn.Module):
         self.bias_gain = lr_multiplier
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight.to(x.dtype) * self.weight_gain
         b = None
         if self.bias is not None:
             b = self.bias.to(x.dtype)
             if self.bias_gain != 1:
                 b = b * self.bias_gain
         if b is not None and self.activation == "linear":
-            return torch.addmm(b.unsqueeze(0), x, w.t())
+            # The weight gain as addmm's alpha: no scaled copy of the weight per call (the style affines
+            # run 20-odd times per PULSE step).
+            return torch.addmm(b.unsqueeze(0), x, self.weight.to(x.dtype).t(), alpha=self.weight_gain)
+        w = self.weight.to(x.dtype) * self.weight_gain
         x = x.matmul(w.t())
         if b is not None:
             x = x + b.unsqueeze(0)
