@@ -236,3 +236,22 @@ def test_bench_convergence_compares_stopping_at_the_first_converged_restart(benc
     for full, quick in zip(records["all"], records["first"]):
         assert quick["steps_run"] <= full["steps_run"] and quick["met"] == full["met"]
         assert quick["first_converged_step"] == full["first_converged_step"]
+
+
+def test_bench_checkouts_times_each_checkout_in_its_own_process(tmp_path, monkeypatch):
+    """Two names for this checkout: both rows come from processes that imported it, and reach the same L2."""
+    sys.path.insert(0, BENCH)
+    try:
+        import bench_checkouts
+    finally:
+        sys.path.remove(BENCH)
+    monkeypatch.setattr(bench_checkouts, "write_results", lambda *args, **kwargs: str(tmp_path / "checkouts.md"))
+    (tmp_path / "checkouts.md").write_text("table")
+    root = os.path.dirname(BENCH)
+    rows = bench_checkouts.main(["--checkout", f"a={root}", "--checkout", f"b={root}", "--sizes", "16",
+                                 "--restarts", "1", "--steps", "2", "--rounds", "1", "--threads", "1"])
+    assert [r["checkout"] for r in rows] == ["a", "b"]
+    assert all(r["s_per_step"] > 0 for r in rows) and rows[0]["speedup_vs_first"] == 1.0
+    assert rows[0]["best_l2"] == rows[1]["best_l2"]
+    with pytest.raises(SystemExit):
+        bench_checkouts.main(["--checkout", f"a={root}", "--checkout", "b=/nonexistent"])
