@@ -76,6 +76,9 @@ class SphericalOptimizer:
         with torch.no_grad():
             self.radii = [sphere_radius(p) if r is None else r for p, r in zip(self.params, radii)]
         self.state: List[Dict[str, torch.Tensor]] = [{} for _ in self.params]
+        # Adam with a Python step count runs its formulas as multi-tensor ops (_adam_candidates_foreach);
+        # False: one op per parameter (_direction), the form a CUDA graph captures with tensor t and lr.
+        self.foreach = True
 
     def _direction(self, p: torch.Tensor, g: torch.Tensor, state: Dict[str, torch.Tensor],
                    t: Union[int, torch.Tensor]) -> torch.Tensor:
@@ -120,14 +123,45 @@ class SphericalOptimizer:
             self.num_steps += 1
             t = self.num_steps
         lr = self.lr * lr_scale
-        for p, radius, state, project in zip(self.params, self.radii, self.state, self.projections):
-            if p.grad is None:
-                continue
-            new = (project or project_to_sphere)(p - lr * self._direction(p, p.grad, state, t), radius)
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        if self.foreach and self.name == "adam" and not isinstance(t, torch.Tensor) and \
+                not isinstance(lr, torch.Tensor) and len(live) > 1:
+            candidates = self._adam_candidates_foreach(live, t, lr)
+        else:
+            candidates = [self.params[i] - lr * self._direction(self.params[i], self.params[i].grad, self.state[i], t)
+                          for i in live]
+        for i, candidate in zip(live, candidates):
+            p, radius, project = self.params[i], self.radii[i], self.projections[i]
+            new = (project or project_to_sphere)(candidate, radius)
             if active is None:
                 p.copy_(new)
             else:
                 p.copy_(torch.where(active.view(-1, *([1] * (p.dim() - 1))), new, p))
+
+    def _adam_candidates_foreach(self, live: List[int], t: int, lr: float) -> List[torch.Tensor]:
+        """p - lr * d for the parameters ``live``, d as ``_direction`` computes it for Adam, in one
+        multi-tensor (torch._foreach_*) call per formula step instead of one op per parameter: the same
+        element-wise operations in the same order, so the same bits, with a sixth of the op calls
+        (a search steps the latent and five noise maps)."""
+        beta1, beta2 = self.betas
+        params = [self.params[i] for i in live]
+        grads = [p.grad for p in params]
+        for i, p in zip(live, params):
+            if "exp_avg" not in self.state[i]:
+                self.state[i]["exp_avg"] = torch.zeros_like(p)
+                self.state[i]["second"] = torch.zeros_like(p)
+        ms = [self.state[i]["exp_avg"] for i in live]
+        ss = [self.state[i]["second"] for i in live]
+        torch._foreach_lerp_(ms, grads, 1 - beta1)
+        torch._foreach_mul_(ss, beta2)
+        torch._foreach_addcmul_(ss, grads, grads, value=1 - beta2)
+        denoms = torch._foreach_sqrt(ss)
+        torch._foreach_div_(denoms, math.sqrt(1 - beta2 ** t))
+        torch._foreach_add_(denoms, self.eps)
+        steps = torch._foreach_div(ms, denoms)
+        torch._foreach_div_(steps, 1 - beta1 ** t)
+        torch._foreach_mul_(steps, lr)
+        return torch._foreach_sub(params, steps)
 
     def zero_grad(self) -> None:
         for p in self.params:
