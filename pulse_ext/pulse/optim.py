@@ -76,9 +76,6 @@ class SphericalOptimizer:
         with torch.no_grad():
             self.radii = [sphere_radius(p) if r is None else r for p, r in zip(self.params, radii)]
         self.state: List[Dict[str, torch.Tensor]] = [{} for _ in self.params]
-        # Adam with a Python step count runs its formulas as multi-tensor ops (_adam_candidates_foreach);
-        # False: one op per parameter (_direction), the form a CUDA graph captures with tensor t and lr.
-        self.foreach = True
 
     def _direction(self, p: torch.Tensor, g: torch.Tensor, state: Dict[str, torch.Tensor],
                    t: Union[int, torch.Tensor]) -> torch.Tensor:
@@ -92,18 +89,14 @@ class SphericalOptimizer:
             else:
                 state["momentum"].mul_(self.momentum).add_(g)
             return state["momentum"]
+        if self.name == "adam":
+            return self._adam_directions([p], [g], [state], t)[0]
         beta1, beta2 = self.betas
         if "exp_avg" not in state:
             state["exp_avg"] = torch.zeros_like(p)
             state["second"] = torch.zeros_like(p)
         m, s = state["exp_avg"], state["second"]
         m.lerp_(g, 1 - beta1)
-        if self.name == "adam":
-            s.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            correction2 = 1 - beta2 ** t
-            correction2 = correction2.sqrt() if isinstance(correction2, torch.Tensor) else math.sqrt(correction2)
-            denom = (s.sqrt() / correction2).add_(self.eps)
-            return m / denom / (1 - beta1 ** t)
         # adamax: infinity-norm second moment
         torch.maximum(s.mul_(beta2), g.abs().add_(self.eps), out=s)
         return m / s / (1 - beta1 ** t)
@@ -124,12 +117,12 @@ class SphericalOptimizer:
             t = self.num_steps
         lr = self.lr * lr_scale
         live = [i for i, p in enumerate(self.params) if p.grad is not None]
-        if self.foreach and self.name == "adam" and not isinstance(t, torch.Tensor) and \
-                not isinstance(lr, torch.Tensor) and len(live) > 1:
-            candidates = self._adam_candidates_foreach(live, t, lr)
+        if self.name == "adam":  # all parameters' directions in one multi-tensor call per formula step
+            directions = self._adam_directions([self.params[i] for i in live], [self.params[i].grad for i in live],
+                                               [self.state[i] for i in live], t)
         else:
-            candidates = [self.params[i] - lr * self._direction(self.params[i], self.params[i].grad, self.state[i], t)
-                          for i in live]
+            directions = [self._direction(self.params[i], self.params[i].grad, self.state[i], t) for i in live]
+        candidates = [self.params[i] - lr * d for i, d in zip(live, directions)]
         for i, candidate in zip(live, candidates):
             p, radius, project = self.params[i], self.radii[i], self.projections[i]
             new = (project or project_to_sphere)(candidate, radius)
@@ -138,30 +131,30 @@ class SphericalOptimizer:
             else:
                 p.copy_(torch.where(active.view(-1, *([1] * (p.dim() - 1))), new, p))
 
-    def _adam_candidates_foreach(self, live: List[int], t: int, lr: float) -> List[torch.Tensor]:
-        """p - lr * d for the parameters ``live``, d as ``_direction`` computes it for Adam, in one
-        multi-tensor (torch._foreach_*) call per formula step instead of one op per parameter: the same
-        element-wise operations in the same order, so the same bits, with a sixth of the op calls
-        (a search steps the latent and five noise maps)."""
+    def _adam_directions(self, params: List[torch.Tensor], grads: List[torch.Tensor],
+                         states: List[Dict[str, torch.Tensor]], t: Union[int, torch.Tensor]) -> List[torch.Tensor]:
+        """Adam's update directions (torch.optim's formulas, no weight decay) for several parameters at
+        step t, as multi-tensor ops (torch._foreach_*): one call per formula step for all of them (a
+        search steps the latent and five noise maps), the same element-wise operations as one op per
+        tensor. t: an int, or a 0-dim device tensor in a CUDA graph."""
         beta1, beta2 = self.betas
-        params = [self.params[i] for i in live]
-        grads = [p.grad for p in params]
-        for i, p in zip(live, params):
-            if "exp_avg" not in self.state[i]:
-                self.state[i]["exp_avg"] = torch.zeros_like(p)
-                self.state[i]["second"] = torch.zeros_like(p)
-        ms = [self.state[i]["exp_avg"] for i in live]
-        ss = [self.state[i]["second"] for i in live]
+        for p, state in zip(params, states):
+            if "exp_avg" not in state:
+                state["exp_avg"] = torch.zeros_like(p)
+                state["second"] = torch.zeros_like(p)
+        ms = [state["exp_avg"] for state in states]
+        ss = [state["second"] for state in states]
         torch._foreach_lerp_(ms, grads, 1 - beta1)
         torch._foreach_mul_(ss, beta2)
         torch._foreach_addcmul_(ss, grads, grads, value=1 - beta2)
+        correction2 = 1 - beta2 ** t
+        correction2 = correction2.sqrt() if isinstance(correction2, torch.Tensor) else math.sqrt(correction2)
         denoms = torch._foreach_sqrt(ss)
-        torch._foreach_div_(denoms, math.sqrt(1 - beta2 ** t))
+        torch._foreach_div_(denoms, correction2)
         torch._foreach_add_(denoms, self.eps)
-        steps = torch._foreach_div(ms, denoms)
-        torch._foreach_div_(steps, 1 - beta1 ** t)
-        torch._foreach_mul_(steps, lr)
-        return torch._foreach_sub(params, steps)
+        directions = torch._foreach_div(ms, denoms)
+        torch._foreach_div_(directions, 1 - beta1 ** t)
+        return directions
 
     def zero_grad(self) -> None:
         for p in self.params:
