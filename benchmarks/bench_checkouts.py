@@ -62,7 +62,7 @@ def run_child(path: str, size: int, restarts: int, steps: int, threads: int) -> 
     return record
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> list:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkout", action="append", required=True, metavar="NAME=PATH",
                         help="a checkout with its extension built in place; give two or more (the first is the baseline)")
