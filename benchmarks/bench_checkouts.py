@@ -16,13 +16,10 @@ rounding). Results go to ``benchmarks/results/checkouts[-TAG]-<device>.{json,md}
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
-import sys
 
-from common import write_results  # noqa: E402
+from common import run_json_process, write_results  # noqa: E402
 
 CHILD = r"""
 import json, os, sys, time, torch
@@ -47,14 +44,10 @@ print(json.dumps({"s_per_step": best, "best_l2": float(result.l2.min()), "pulse_
 
 
 def run_child(path: str, size: int, restarts: int, steps: int, threads: int) -> dict:
-    # Without the caller's MALLOC_* settings, as common.run_worker: each side sets up its allocator itself.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    env["PYTHONPATH"] = os.path.abspath(path)  # and cwd: `python -c` puts the working directory first
-    out = subprocess.run([sys.executable, "-c", CHILD, str(size), str(restarts), str(steps), str(threads)],
-                         env=env, cwd=os.path.abspath(path), capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise SystemExit(f"bench_checkouts: the run in {path} failed:\n{out.stderr[-2000:]}")
-    record = json.loads(out.stdout.strip().splitlines()[-1])
+    # cwd as well as PYTHONPATH: `python -c` puts the working directory first on sys.path.
+    record = run_json_process(["-c", CHILD, str(size), str(restarts), str(steps), str(threads)],
+                              f"bench_checkouts {path}", cwd=os.path.abspath(path),
+                              env_updates={"PYTHONPATH": os.path.abspath(path)})
     expected = os.path.join(os.path.abspath(path), "pulse_ext")
     if not os.path.abspath(record["pulse_ext"]).startswith(expected):
         raise SystemExit(f"bench_checkouts: {path} imported pulse_ext from {record['pulse_ext']}, not from "

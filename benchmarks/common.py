@@ -86,13 +86,19 @@ def write_results(name: str, device: torch.device, rows: list[dict], columns: li
     return path
 
 
-def run_worker(script: str, args: list[str], what: str) -> dict:
-    """``python script *args`` in a fresh process without the caller's MALLOC_* settings (so each side sets
-    up the allocator itself); returns the JSON object its last stdout line holds. A failed run ends the
-    benchmark with its stderr, naming ``what`` ran."""
+def run_json_process(argv: list[str], what: str, *, cwd: str | None = None,
+                     env_updates: dict[str, str] | None = None) -> dict:
+    """``python *argv`` in a fresh process without the caller's MALLOC_* settings (so each side sets up the
+    allocator itself), in ``cwd`` with ``env_updates`` added to the environment; returns the JSON object its
+    last stdout line holds. A failed run ends the benchmark with its stderr, naming ``what`` ran."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    proc = subprocess.run([sys.executable, os.path.abspath(script), *args], capture_output=True, text=True,
-                          env=env)
+    env.update(env_updates or {})
+    proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env, cwd=cwd)
     if proc.returncode != 0:
-        raise SystemExit(f"{os.path.basename(script)}: the {what} run failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"the {what} run failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_worker(script: str, args: list[str], what: str) -> dict:
+    """``python script *args`` through ``run_json_process``; ``what`` names the run in the error."""
+    return run_json_process([os.path.abspath(script), *args], f"{os.path.basename(script)} {what}")

@@ -10,7 +10,7 @@ which drops restarts from the parameters and the optimiser state.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -92,10 +92,7 @@ class SphericalOptimizer:
         if self.name == "adam":
             return self._adam_directions([p], [g], [state], t)[0]
         beta1, beta2 = self.betas
-        if "exp_avg" not in state:
-            state["exp_avg"] = torch.zeros_like(p)
-            state["second"] = torch.zeros_like(p)
-        m, s = state["exp_avg"], state["second"]
+        m, s = self._moments(p, state)
         m.lerp_(g, 1 - beta1)
         # adamax: infinity-norm second moment
         torch.maximum(s.mul_(beta2), g.abs().add_(self.eps), out=s)
@@ -131,6 +128,14 @@ class SphericalOptimizer:
             else:
                 p.copy_(torch.where(active.view(-1, *([1] * (p.dim() - 1))), new, p))
 
+    @staticmethod
+    def _moments(p: torch.Tensor, state: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Adam's / Adamax's first and second moment of p (zeros, shaped like p, on the first step)."""
+        if "exp_avg" not in state:
+            state["exp_avg"] = torch.zeros_like(p)
+            state["second"] = torch.zeros_like(p)
+        return state["exp_avg"], state["second"]
+
     def _adam_directions(self, params: List[torch.Tensor], grads: List[torch.Tensor],
                          states: List[Dict[str, torch.Tensor]], t: Union[int, torch.Tensor]) -> List[torch.Tensor]:
         """Adam's update directions (torch.optim's formulas, no weight decay) for several parameters at
@@ -138,12 +143,9 @@ class SphericalOptimizer:
         search steps the latent and five noise maps), the same element-wise operations as one op per
         tensor. t: an int, or a 0-dim device tensor in a CUDA graph."""
         beta1, beta2 = self.betas
-        for p, state in zip(params, states):
-            if "exp_avg" not in state:
-                state["exp_avg"] = torch.zeros_like(p)
-                state["second"] = torch.zeros_like(p)
-        ms = [state["exp_avg"] for state in states]
-        ss = [state["second"] for state in states]
+        moments = [self._moments(p, state) for p, state in zip(params, states)]
+        ms = [m for m, _ in moments]
+        ss = [s for _, s in moments]
         torch._foreach_lerp_(ms, grads, 1 - beta1)
         torch._foreach_mul_(ss, beta2)
         torch._foreach_addcmul_(ss, grads, grads, value=1 - beta2)
