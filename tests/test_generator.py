@@ -372,8 +372,9 @@ def test_frozen_weights_are_prepared_once_and_follow_every_change(impl):
     layers = _synthesis_layers(G)
     kept = [layer._frozen_weights[2:] for layer in layers]
     assert any(layer.up == 2 for layer in layers)
-    for layer in layers:  # the up=2 layers keep the weight whose [Cin, Cout] transpose is contiguous
-        assert layer._frozen_weights[2].transpose(0, 1).is_contiguous() == (layer.up == 2)
+    for layer in layers:  # the up=2 layers keep the weight whose [Cin, Cout] transpose the library reads as is
+        layout = torch.channels_last if impl == "fused" else torch.contiguous_format  # CPU fused: NHWC
+        assert layer._frozen_weights[2].transpose(0, 1).is_contiguous(memory_format=layout) == (layer.up == 2)
         torch.testing.assert_close(layer._frozen_weights[3], layer.weight.square().sum((2, 3)).t(), rtol=0, atol=0)
     assert torch.equal(G.synthesis(ws, noise_mode="const"), first)
     assert all(a[0] is b[0] and a[1] is b[1] for a, b in zip(kept, (layer._frozen_weights[2:] for layer in layers)))
@@ -394,6 +395,22 @@ def test_frozen_weights_are_prepared_once_and_follow_every_change(impl):
     img64 = G.synthesis(ws.double(), noise_mode="const")
     assert img64.dtype == torch.float64
     torch.testing.assert_close(img64.float(), fresh(), rtol=0, atol=1e-4)
+
+
+@needs_extension
+def test_a_frozen_generators_step_copies_no_weight():
+    """The library convolutions of a frozen generator (a PULSE step: forward, and backward to the
+    latents) read the kept weights in place: no 3x3 weight is copied (oneDNN's channels-last up=2
+    convolution had copied its transposed weight twice per layer and step)."""
+    G = make_generator().set_impl("fused").requires_grad_(False)
+    ws = random_ws(G, 2, seed=4).requires_grad_(True)
+    G.synthesis(ws, noise_mode="const").sum().backward()  # prepares the weights
+    with torch.profiler.profile(record_shapes=True) as prof:
+        G.synthesis(ws, noise_mode="const").sum().backward()
+    weight_copies = [e for e in prof.events() if e.name == "aten::copy_" and e.input_shapes
+                     and len(e.input_shapes[0]) == 4 and list(e.input_shapes[0][2:]) == [3, 3]]
+    assert any(e.name == "pulse_ext::modulated_conv2d" for e in prof.events())
+    assert not weight_copies, [e.input_shapes[0] for e in weight_copies]
 
 
 def test_trainable_weights_get_gradients_through_the_prepared_weight():

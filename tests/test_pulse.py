@@ -77,6 +77,37 @@ def test_geocross_hand_computed():
     assert geocross(torch.randn(3, 1, 8)).tolist() == [0.0, 0.0, 0.0]
 
 
+def _geocross_literal(w):
+    """The original PULSE's form: all [N, L, L, D] pairwise sums and differences."""
+    x, y = w.unsqueeze(1), w.unsqueeze(2)
+    a = ((x - y).pow(2).sum(-1) + 1e-9).sqrt()
+    b = ((x + y).pow(2).sum(-1) + 1e-9).sqrt()
+    return (2 * torch.atan2(a, b)).pow(2).mean((1, 2)) * (w.shape[-1] / 8.0)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_geocross_equals_the_originals_pairwise_form(dtype, tol):
+    """The Gram-matrix form against the original's literal one, value and gradient, on latents of
+    PULSE's scale (rows on the sqrt(D) sphere), near-equal rows (where the clamp matters) included."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(4, 10, 512, generator=g, dtype=torch.float64)
+    w = w / w.norm(dim=-1, keepdim=True) * 512 ** 0.5
+    w[1, 3] = w[1, 2] + 1e-6 * torch.randn(512, generator=g, dtype=torch.float64)  # near-equal rows
+    w[2, 5] = w[2, 4]  # equal rows
+    w = w.to(dtype).requires_grad_(True)
+    got, expected = geocross(w), _geocross_literal(w)
+    torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
+    grad_got, = torch.autograd.grad(got.sum(), w)
+    grad_expected, = torch.autograd.grad(expected.sum(), w)
+    assert torch.isfinite(grad_got).all()
+    torch.testing.assert_close(grad_got, grad_expected, rtol=tol * 10, atol=tol * 10)
+
+
+def test_geocross_gradcheck():
+    w = torch.randn(2, 4, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(geocross, (w,))
+
+
 def test_geocross_is_per_restart():
     w = torch.randn(3, 5, 8)
     torch.testing.assert_close(geocross(w), torch.cat([geocross(w[i:i + 1]) for i in range(3)]))

@@ -88,6 +88,20 @@ def _cpu_output_is_channels_last(x, weight, up, padding):
     return not pointwise or is_cpu_channels_last(x)
 
 
+def library_weight_format(x: torch.Tensor, weight: torch.Tensor, up: int, padding: int,
+                          impl: str = "auto") -> torch.memory_format:
+    """The memory format in which ``modulated_conv2d(x, weight, ..., impl=impl)`` hands the weight to
+    the library convolution (oneDNN / cuDNN): the layout of x there. The library copies a weight laid
+    out otherwise on every call, so a caller keeping a frozen weight (the up=2 layers' transposed
+    [Cin, Cout] view) lays it out so. The fused CPU path runs channels-last (csrc/modulated_conv.cpp),
+    the fused CUDA path NCHW, the reference path in x's own layout."""
+    if use_fused(impl, "modulated_conv2d", x):
+        fused_channels_last = _cpu_output_is_channels_last(x, weight, up, padding)
+        return torch.channels_last if fused_channels_last else torch.contiguous_format
+    x_channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if x_channels_last else torch.contiguous_format
+
+
 @_register_fake("pulse_ext::modulated_conv2d")
 def _modulated_conv2d_fake(x, weight, styles, demod, up, padding, conv_dtype=None):
     check_upsampling_kernel(weight.shape[-1], up, padding)

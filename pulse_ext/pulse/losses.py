@@ -63,16 +63,23 @@ def geocross(w: torch.Tensor) -> torch.Tensor:
     norms; 1e-9 is added under each square root as in the original), and
     geocross = mean_ij(d_ij^2) * D / 8 (the original's scaling with D = 512, kept so the published loss
     weights still apply). L = 1 (a tiled latent) gives 0.
+
+    The squared distances come from the Gram matrix G = w w^T: |w_i -+ w_j|^2 = G_ii + G_jj -+ 2 G_ij,
+    one [N, L, L] product instead of the original's [N, L, L, D] differences (at R = 8, L = 10 that
+    was 1 ms of a 20 ms search step, forward and backward). On the diagonal both forms give exactly
+    0 + 1e-9; elsewhere they agree to rounding (float64: 3e-14, tested against the literal form).
     """
     if w.dim() != 3:
         raise ValueError(f"geocross: w must be [N, L, D], got {list(w.shape)}")
     n, num_rows, dim = w.shape
     if num_rows == 1:
         return w.new_zeros(n)
-    x = w.unsqueeze(1)  # [N, 1, L, D]
-    y = w.unsqueeze(2)  # [N, L, 1, D]
-    a = ((x - y).pow(2).sum(-1) + 1e-9).sqrt()
-    b = ((x + y).pow(2).sum(-1) + 1e-9).sqrt()
+    gram = torch.bmm(w, w.transpose(1, 2))  # [N, L, L]
+    norms = gram.diagonal(dim1=1, dim2=2)  # [N, L]: |w_i|^2
+    norm_sums = norms.unsqueeze(1) + norms.unsqueeze(2)
+    # clamp: rounding may take a squared distance of two near-equal rows a little below zero
+    a = ((norm_sums - 2 * gram).clamp_min(0) + 1e-9).sqrt()
+    b = ((norm_sums + 2 * gram).clamp_min(0) + 1e-9).sqrt()
     d = 2 * torch.atan2(a, b)
     return d.pow(2).mean((1, 2)) * (dim / 8.0)
 

@@ -25,6 +25,7 @@ import torch
 
 from pulse_ext import ops
 from pulse_ext.ops._dispatch import check_conv_dtype
+from pulse_ext.ops.modulated_conv import library_weight_format
 
 IMPLS = ("auto", "fused", "reference")
 NOISE_MODES = ("random", "const", "none")
@@ -267,29 +268,32 @@ class SynthesisLayer(torch.nn.Module):
         self.bias = torch.nn.Parameter(torch.zeros([out_channels]))
         self._frozen_weights = None  # see _weight_and_sums
 
-    def _weight_and_sums(self, dtype: torch.dtype):
-        """The weight in ``dtype`` as the convolution takes it, and ``ops.demodulation_weight_sums`` of it.
+    def _weight_and_sums(self, x: torch.Tensor):
+        """The weight in x's dtype as the convolution of x takes it, and ``ops.demodulation_weight_sums`` of it.
 
         With the weight frozen (no grad, as during a PULSE search, which runs thousands of steps with
         the same weights) both are made once and kept until the weight changes: a different tensor,
         storage, dtype or version counter (which every in-place change through torch bumps, e.g.
-        ``load_state_dict``; ``module.to()`` swaps the storage). For up=2 the kept weight is laid out
-        so that its [Cin, Cout] transpose, which the transposed convolution reads, is contiguous: the
-        library would otherwise copy it on every call, forward and backward. Otherwise (training) both
-        are computed per call, through autograd.
+        ``load_state_dict``; ``module.to()`` swaps the storage), or x's layout. For up=2 the kept weight
+        is laid out so that its [Cin, Cout] transpose, which the transposed convolution (and its data
+        gradient) reads, is contiguous in the memory format the library convolution sees
+        (``ops.modulated_conv.library_weight_format``): the library would otherwise copy it on every
+        call, forward and backward. Otherwise (training) both are computed per call, through autograd.
         """
-        source = self.weight
+        source, dtype = self.weight, x.dtype
         if source.requires_grad and torch.is_grad_enabled():
             weight = source.to(dtype)
             return weight, ops.demodulation_weight_sums(weight)
-        key = (source.data_ptr(), source.device, source._version, dtype)
+        layout = (library_weight_format(x, source, self.up, source.shape[-1] // 2, self.impl) if self.up == 2
+                  else torch.contiguous_format)
+        key = (source.data_ptr(), source.device, source._version, dtype, layout)
         cached = self._frozen_weights
         if cached is None or cached[0] is not source or cached[1] != key:
             with torch.no_grad():
                 weight = source.to(dtype)
+                sums = ops.demodulation_weight_sums(weight).contiguous()  # summed in the weight's own layout
                 if self.up == 2:
-                    weight = weight.transpose(0, 1).contiguous().transpose(0, 1)
-                sums = ops.demodulation_weight_sums(weight).contiguous()
+                    weight = weight.transpose(0, 1).contiguous(memory_format=layout).transpose(0, 1)
                 cached = self._frozen_weights = (source, key, weight, sums)
         return cached[2], cached[3]
 
@@ -303,7 +307,7 @@ class SynthesisLayer(torch.nn.Module):
             raise ValueError(f"SynthesisLayer: x must be [N, {self.in_channels}, {in_res}, {in_res}], "
                              f"got {list(x.shape)}")
         n, dtype = x.shape[0], x.dtype
-        weight, weight_sums = self._weight_and_sums(dtype)
+        weight, weight_sums = self._weight_and_sums(x)
         styles = self.affine(w.to(dtype))
 
         noise_in = None
