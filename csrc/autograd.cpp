@@ -1,4 +1,4 @@
-// Autograd for the forward ops (noise_bias_act, area_downscale_loss, modulated_conv2d), in C++.
+// Autograd for the forward ops (noise_bias_act, area_downscale_loss, modulated_conv2d, upsample2d), in C++.
 //
 // At the generator's small layers (4x4, 8x8) an op's kernels take a few microseconds; an autograd
 // formula registered from Python (torch.library.register_autograd) adds 40-80 us per forward+backward,
@@ -188,9 +188,32 @@ at::Tensor modulated_conv2d_autograd(const at::Tensor& x, const at::Tensor& weig
   return ModulatedConvFunction::apply(x, weight, styles, demod, up, padding, conv_dtype);
 }
 
+// -------------------------------------------------------------------------------------------- upsample2d
+
+using UpsampleSig = at::Tensor(const at::Tensor&);
+
+// Linear, so the backward is the adjoint op on grad alone (nothing saved).
+class Upsample2dFunction : public torch::autograd::Function<Upsample2dFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* /*ctx*/, const at::Tensor& x) {
+    static auto op = op_handle<UpsampleSig>("pulse_ext::upsample2d");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return op.call(x);
+  }
+
+  static variable_list backward(AutogradContext* /*ctx*/, variable_list grad_outputs) {
+    static auto op = op_handle<UpsampleSig>("pulse_ext::upsample2d_backward");
+    if (!grad_outputs[0].defined()) return {at::Tensor()};
+    return {op.call(grad_outputs[0])};
+  }
+};
+
+at::Tensor upsample2d_autograd(const at::Tensor& x) { return Upsample2dFunction::apply(x); }
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pulse_ext, Autograd, m) {
+  m.impl("upsample2d", &upsample2d_autograd);
   m.impl("noise_bias_act", &noise_bias_act_autograd);
   m.impl("area_downscale_loss", &area_downscale_loss_autograd);
   m.impl("modulated_conv2d", &modulated_conv2d_autograd);

@@ -93,6 +93,21 @@ template <typename T> void scale_channels_nhwc(const T* x, const T* scale, T* ou
 // grad_x = grad * s; grad_s[n, c] = sum_hw grad * x
 template <typename T> void scale_channels_backward_nhwc(const T* grad, const T* x, const T* scale, T* grad_x,
                                                         T* grad_s, int64_t N, int64_t C, int64_t HW);
+// The 1x1 modulated convolution (toRGB) for few output channels, x [N, HW, Cin] -> y [N, HW, Cout]:
+// y[n, p, o] = demod[n, o] * sum_i weight[o, i] * styles[n, i] * x[n, p, i]; weight [Cout, Cin]
+// contiguous, demod [N, Cout] or nullptr (= 1). A batched GEMM with Cout = 3 (or K = 3 for the data
+// gradient) runs far below the memory bound; these are one streaming pass over x each.
+template <typename T> void pointwise_modconv_forward_nhwc(const T* x, const T* weight, const T* styles, const T* demod,
+                                                          T* y, int64_t N, int64_t HW, int64_t Cin, int64_t Cout);
+// Its backward from grad [N, HW, Cout]: grad_x [N, HW, Cin] and grad_styles [N, Cin], in one pass.
+template <typename T> void pointwise_modconv_backward_nhwc(const T* grad, const T* x, const T* weight, const T* styles,
+                                                           const T* demod, T* grad_x, T* grad_styles, int64_t N,
+                                                           int64_t HW, int64_t Cin, int64_t Cout);
+// The skip image path's 2x [1,3,3,1] upsampling (gain 4), [N, H, W, C] -> [N, 2H, 2W, C], and its
+// adjoint [N, 2H, 2W, C] -> [N, H, W, C] (H, W: the input's size).
+template <typename T> void upsample2d_nhwc(const T* x, T* y, int64_t N, int64_t C, int64_t H, int64_t W);
+template <typename T> void upsample2d_adjoint_nhwc(const T* grad, T* grad_x, int64_t N, int64_t C, int64_t H,
+                                                   int64_t W);
 // [N, hi, wi, C] -> [N, hi-1, wi-1, C]; scale [N, C] or nullptr
 template <typename T> void fir_upsample_forward_nhwc(const T* in, const T* scale, T* out, int64_t N, int64_t C,
                                                      int64_t hi, int64_t wi);

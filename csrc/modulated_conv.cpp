@@ -317,6 +317,16 @@ bool is_pointwise(const at::Tensor& weight, int64_t up, int64_t padding) {
   return weight.size(2) == 1 && up == 1 && padding == 0;
 }
 
+// A 1x1 layer with at most this many output channels (toRGB: 3) runs our streaming kernels
+// (cpu::pointwise_modconv_*_nhwc) on NHWC inputs in x's dtype; wider ones, or a narrower conv_dtype,
+// the batched GEMM. At R = 8 the GEMM with N = 3 (forward) or K = 3 (data gradient) had taken about
+// 1 ms of a 20 ms PULSE step over the five toRGB layers.
+constexpr int64_t kPointwiseKernelMaxCout = 16;
+
+bool uses_pointwise_kernel(const at::Tensor& x, const at::Tensor& weight, ConvDtype conv_dtype) {
+  return weight.size(0) <= kPointwiseKernelMaxCout && (!conv_dtype || *conv_dtype == x.scalar_type());
+}
+
 // Which convolution runs the CPU's 3x3 "same" layers (stride 1, padding 1) in fp32/fp64: Winograd
 // F(4x4, 3x3) with the style scaling and demodulation fused into its transforms
 // (cpu/winograd_conv.cpp), or oneDNN's direct convolution around our scaling kernels. PULSE_EXT_CPU_CONV
@@ -397,6 +407,16 @@ at::Tensor modulated_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, c
   if (is_pointwise(weight, up, padding)) {
     if (!is_cpu_channels_last(x))
       return modulated_conv2d_generic(x.contiguous(), weight, styles, demod, up, padding, conv_dtype);
+    if (uses_pointwise_kernel(x, weight, conv_dtype)) {
+      at::Tensor y = at::empty({n, cout, h, w}, x.options().memory_format(kChannelsLast));
+      const at::Tensor weight_c = weight.contiguous();
+      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pointwise_modconv_forward_nhwc", [&] {
+        cpu::pointwise_modconv_forward_nhwc<scalar_t>(x.const_data_ptr<scalar_t>(), weight_c.const_data_ptr<scalar_t>(),
+                                                      styles.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(demod),
+                                                      y.data_ptr<scalar_t>(), n, h * w, cin, cout);
+      });
+      return y;
+    }
     const at::Tensor product =
         at::bmm(to_conv(pixels_by_channels(x), conv_dtype),
                 to_conv(per_sample_pointwise_weight(weight, styles).transpose(1, 2), conv_dtype));
@@ -463,6 +483,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_cpu(
   const at::Tensor x_nhwc = x.contiguous(kChannelsLast);
   // d loss / d demod = sum(grad * y) / demod
   if (demod) grad_demod = (g * y).sum({2, 3}) / *demod;
+  if (pointwise && uses_pointwise_kernel(x, weight, conv_dtype)) {
+    at::Tensor grad_x = at::empty(x.sizes(), x.options().memory_format(kChannelsLast));
+    at::Tensor grad_styles = at::empty({n, cin}, x.options());
+    const at::Tensor weight_c = weight.contiguous();
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pointwise_modconv_backward_nhwc", [&] {
+      cpu::pointwise_modconv_backward_nhwc<scalar_t>(
+          g.const_data_ptr<scalar_t>(), x_nhwc.const_data_ptr<scalar_t>(), weight_c.const_data_ptr<scalar_t>(),
+          styles.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(demod), grad_x.data_ptr<scalar_t>(),
+          grad_styles.data_ptr<scalar_t>(), n, h * w, cin, cout);
+    });
+    return {grad_x, grad_styles, grad_demod};
+  }
   if (cpu_uses_winograd(x, weight, up, padding, conv_dtype)) {
     // The data gradient: the convolution with the flipped, transposed filter, demod scaling its input.
     const at::Tensor grad_xs = winograd_conv3x3(g, winograd_filter(weight, /*adjoint=*/true), demod, std::nullopt, cin);

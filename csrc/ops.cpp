@@ -1,5 +1,6 @@
 // The schemas of every pulse_ext op, and the Python module stub that loads them.
-// Implementations register per backend in noise_bias_act.cpp, area_downscale_loss.cpp, modulated_conv.cpp.
+// Implementations register per backend in noise_bias_act.cpp, area_downscale_loss.cpp, modulated_conv.cpp,
+// upsample2d.cpp.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -45,6 +46,9 @@ TORCH_LIBRARY(pulse_ext, m) {
   m.def(
       "modulated_conv2d_weight_grad(Tensor grad, Tensor x, Tensor weight, Tensor styles, Tensor? demod, int up, "
       "int padding, ScalarType? conv_dtype=None) -> Tensor");
+  // The skip image path's 2x FIR upsampling, [N, C, H, W] -> [N, C, 2H, 2W] (CPU; CUDA uses the library).
+  m.def("upsample2d(Tensor x) -> Tensor");
+  m.def("upsample2d_backward(Tensor grad) -> Tensor");
   m.def("_compiled_with_cuda() -> bool", &compiled_with_cuda);
   m.def("_winograd_filter_cache_entries() -> int", &pulse_ext::winograd_filter_cache_entries);
 }

@@ -498,6 +498,59 @@ def test_modulated_conv2d_opcheck(monkeypatch, device, cpu_path):
     torch.library.opcheck(torch.ops.pulse_ext.modulated_conv2d.default, (x, weight[:, :, :1, :1], styles, None, 1, 0))
 
 
+# The CPU's channels-last 1x1 layers with few output channels (toRGB) run streaming kernels
+# (cpu::pointwise_modconv_*_nhwc), wider ones the batched GEMM: channel counts around the kernels'
+# 16-lane sums (tails, several blocks), 1 to 16 outputs and 17 (the GEMM), over 1024 pixels (several
+# reduction chunks per sample), batch 1 and many, with and without demodulation.
+POINTWISE_CASES = [
+    # (N, Cin, Cout, H, W, demodulate)
+    (1, 1, 1, 1, 1, False),
+    (1, 5, 3, 7, 3, True),
+    (3, 32, 3, 9, 11, False),
+    (2, 37, 1, 40, 33, True),     # 1320 pixels: two chunks; 37 = 2 x 16 + 5
+    (9, 128, 3, 4, 4, False),
+    (2, 16, 16, 6, 5, True),
+    (2, 20, 17, 6, 5, True),      # 17 outputs: the batched GEMM
+]
+
+
+@pytest.mark.parametrize("case", POINTWISE_CASES, ids=lambda c: f"n{c[0]}-{c[1]}to{c[2]}-{c[3]}x{c[4]}-d{int(c[5])}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pointwise_channels_last_kernels_match_reference(case, dtype):
+    n, cin, cout, h, w, demodulate = case
+    g = torch.Generator().manual_seed(n + cin + cout + h)
+    x = torch.randn(n, cin, h, w, generator=g, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(cout, cin, 1, 1, generator=g, dtype=dtype)
+    styles = torch.randn(n, cin, generator=g, dtype=dtype) + 1
+    (x_f, s_f), (x_r, s_r) = leaves(x, styles), leaves(x.contiguous(), styles)
+    y_f = ops.modulated_conv2d(x_f, weight, s_f, demodulate=demodulate, impl="fused")
+    y_r = ops.modulated_conv2d(x_r, weight, s_r, demodulate=demodulate, impl="reference")
+    assert y_f.is_contiguous(memory_format=torch.channels_last)
+    tol = CONV_TOL if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(y_f, y_r, **tol)
+    grad = torch.randn(y_r.shape, generator=g, dtype=dtype)
+    y_f.backward(grad.contiguous(memory_format=torch.channels_last))
+    y_r.backward(grad)
+    assert x_f.grad.is_contiguous(memory_format=torch.channels_last)
+    assert_grads_close([x_f, s_f], [x_r, s_r], dict(rtol=1e-4, atol=1e-3) if dtype == torch.float32 else tol)
+
+
+def test_pointwise_channels_last_kernels_gradcheck_and_opcheck():
+    """float64 gradcheck (x, weight, styles, demod) and opcheck of the 1x1 channels-last path, on a
+    non-contiguous (channels-last) input."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 19, 3, 5, generator=g, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(3, 19, 1, 1, generator=g, dtype=torch.float64)
+    styles = torch.randn(2, 19, generator=g, dtype=torch.float64) + 1
+    demod = torch.rand(2, 3, generator=g, dtype=torch.float64) + 0.5
+    x, weight, styles, demod = leaves(x, weight, styles, demod)
+    assert torch.autograd.gradcheck(lambda a, w, s, d: torch.ops.pulse_ext.modulated_conv2d(a, w, s, d, 1, 0),
+                                    (x, weight, styles, demod))
+    torch.library.opcheck(torch.ops.pulse_ext.modulated_conv2d.default, (x, weight, styles, demod, 1, 0))
+    torch.library.opcheck(torch.ops.pulse_ext.modulated_conv2d.default, (x.float(), weight.float(), styles.float(),
+                                                                        None, 1, 0))
+
+
 # Shapes that reach every part of the Winograd kernel: spatial sizes that are not multiples of its 4x4
 # tiles (down to 1x1), tiles of several samples in one block and blocks over several threads, and output
 # channel counts that take each register-tile width (64/32/16 floats) and the scalar tail.
@@ -606,9 +659,43 @@ def test_demodulation_coefficients_equal_nvidia_form():
                                reference.demodulation_coefficients(weight, styles))
 
 
-def test_upsample2d_fast_form_equals_literal_upfirdn():
-    x = torch.randn(2, 3, 5, 7, dtype=torch.float64)
-    torch.testing.assert_close(ops.upsample2d(x), ops.upsample2d(x, impl="reference"))
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 5, 7), (9, 3, 4, 4), (2, 5, 16, 3), (1, 3, 64, 64)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_upsample2d_fast_form_equals_literal_upfirdn(device, shape, layout, dtype):
+    """The fused upsampling (CPU: pulse_ext::upsample2d's polyphase loops; CUDA: the library's transposed
+    convolution) against NVIDIA's literal upfirdn2d, forward and backward, in every layout (the CPU
+    op keeps it), odd and single-pixel sizes, batch 1 and many."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)), dtype=dtype).to(device)
+    x = in_layout(x, layout)
+    (x_f,), (x_r,) = leaves(x), leaves(x)
+    y_f, y_r = ops.upsample2d(x_f, impl="fused"), ops.upsample2d(x_r, impl="reference")
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(y_f, y_r, **tol)
+    if device == "cpu" and layout == "channels_last" and min(shape[2:]) > 1:
+        assert y_f.is_contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(y_r.shape, generator=torch.Generator().manual_seed(1), dtype=dtype).to(device)
+    y_f.backward(in_layout(grad, layout))
+    y_r.backward(grad)
+    torch.testing.assert_close(x_f.grad, x_r.grad, **tol)
+
+
+def test_upsample2d_op_gradcheck_and_opcheck():
+    for layout in ("contiguous", "channels_last"):
+        x = in_layout(torch.randn(2, 3, 3, 5, dtype=torch.float64), layout).requires_grad_(True)
+        assert torch.autograd.gradcheck(torch.ops.pulse_ext.upsample2d, (x,))
+        torch.library.opcheck(torch.ops.pulse_ext.upsample2d.default, (x,))
+        torch.library.opcheck(torch.ops.pulse_ext.upsample2d_backward.default,
+                              (in_layout(torch.randn(2, 3, 6, 10, dtype=torch.float64), layout),))
+
+
+def test_upsample2d_op_refuses_bad_shapes():
+    with pytest.raises(RuntimeError, match=r"upsample2d: x must be \[N, C, H, W\]"):
+        torch.ops.pulse_ext.upsample2d(torch.zeros(3, 4, 4))
+    with pytest.raises(RuntimeError, match=r"upsample2d_backward: grad must be \[N, C, 2H, 2W\]"):
+        torch.ops.pulse_ext.upsample2d_backward(torch.zeros(1, 3, 5, 4))
 
 
 # ------------------------------------------------------------------------------------------ registration, errors

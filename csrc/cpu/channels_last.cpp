@@ -123,6 +123,97 @@ PULSE_CPU_MULTIVERSION void fir_horizontal(const T* __restrict src, int64_t src_
   for (int64_t q = end; q < dst_pixels; ++q) edge_pixel(q);
 }
 
+// The per-sample weight of a 1x1 modulated convolution: wn[o, i] = weight[o, i] * s[i] * d[o] (d may be
+// nullptr: 1), [Cout, Cin].
+template <typename T>
+void pointwise_sample_weight(const T* weight, const T* s, const T* d, T* wn, int64_t Cin, int64_t Cout) {
+  for (int64_t o = 0; o < Cout; ++o)
+    for (int64_t i = 0; i < Cin; ++i) wn[o * Cin + i] = weight[o * Cin + i] * s[i] * (d ? d[o] : T(1));
+}
+
+// y[p, o] = sum_i x[p, i] * wn[o, i] over `pixels` pixels: a dot product along the contiguous channels
+// per output channel, in kLanes partial sums (see sum_lanes).
+template <typename T>
+PULSE_CPU_MULTIVERSION void pointwise_pixels(const T* __restrict x, const T* __restrict wn, T* __restrict y,
+                                             int64_t pixels, int64_t Cin, int64_t Cout) {
+  for (int64_t p = 0; p < pixels; ++p) {
+    const T* xp = x + p * Cin;
+    for (int64_t o = 0; o < Cout; ++o) {
+      const T* w = wn + o * Cin;
+      T lanes[kLanes] = {};
+      int64_t i = 0;
+      for (; i + kLanes <= Cin; i += kLanes)
+        for (int l = 0; l < kLanes; ++l) lanes[l] += xp[i + l] * w[i + l];
+      T tail = T(0);
+      for (; i < Cin; ++i) tail += xp[i] * w[i];
+      y[p * Cout + o] = sum_lanes(lanes) + tail;
+    }
+  }
+}
+
+// grad_x[p, i] = sum_o g[p, o] * wn[o, i] and xg[o, i] += sum over the pixels of g[p, o] * x[p, i].
+template <typename T>
+PULSE_CPU_MULTIVERSION void pointwise_grad_pixels(const T* __restrict g, const T* __restrict x, const T* __restrict wn,
+                                                  T* __restrict grad_x, T* __restrict xg, int64_t pixels, int64_t Cin,
+                                                  int64_t Cout) {
+  for (int64_t p = 0; p < pixels; ++p) {
+    const T* gp = g + p * Cout;
+    const T* xp = x + p * Cin;
+    T* gx = grad_x + p * Cin;
+    for (int64_t i = 0; i < Cin; ++i) gx[i] = gp[0] * wn[i];
+    for (int64_t o = 1; o < Cout; ++o) {
+      const T go = gp[o];
+      const T* w = wn + o * Cin;
+      for (int64_t i = 0; i < Cin; ++i) gx[i] += go * w[i];
+    }
+    for (int64_t o = 0; o < Cout; ++o) {
+      const T go = gp[o];
+      T* acc = xg + o * Cin;
+      for (int64_t i = 0; i < Cin; ++i) acc[i] += go * xp[i];
+    }
+  }
+}
+
+// The skip path's 2x [1,3,3,1] upsampling, separable and polyphase: along each axis output 2q is
+// 3/4 x[q] + 1/4 x[q-1] and output 2q+1 is 3/4 x[q] + 1/4 x[q+1] (the gain-2 taps [1,3,3,1]/4 of a
+// stride-2 transposed convolution with padding 1); its adjoint gathers, for input q, 3/4 of outputs
+// 2q and 2q+1 and 1/4 of outputs 2q-1 and 2q+2. Samples outside the map are zero.
+template <typename T>
+PULSE_CPU_MULTIVERSION void upsample_combine(const T* __restrict near, const T* __restrict far, T* __restrict dst,
+                                             int64_t len) {
+  for (int64_t j = 0; j < len; ++j) dst[j] = T(0.75) * near[j] + (far ? T(0.25) * far[j] : T(0));
+}
+
+// One row of C-channel pixels, [w, C] -> [2w, C] along the row.
+template <typename T>
+PULSE_CPU_MULTIVERSION void upsample_row(const T* __restrict src, T* __restrict dst, int64_t w, int64_t C) {
+  for (int64_t p = 0; p < w; ++p) {
+    const T* here = src + p * C;
+    const T* left = p > 0 ? here - C : nullptr;
+    const T* right = p + 1 < w ? here + C : nullptr;
+    T* even = dst + 2 * p * C;
+    T* odd = even + C;
+    for (int64_t c = 0; c < C; ++c) {
+      even[c] = T(0.75) * here[c] + (left ? T(0.25) * left[c] : T(0));
+      odd[c] = T(0.75) * here[c] + (right ? T(0.25) * right[c] : T(0));
+    }
+  }
+}
+
+// Its adjoint along a row, [2w, C] -> [w, C].
+template <typename T>
+PULSE_CPU_MULTIVERSION void upsample_row_adjoint(const T* __restrict src, T* __restrict dst, int64_t w, int64_t C) {
+  for (int64_t p = 0; p < w; ++p) {
+    const T* even = src + 2 * p * C;
+    const T* odd = even + C;
+    const T* before = p > 0 ? even - C : nullptr;       // output 2p - 1
+    const T* after = p + 1 < w ? odd + C : nullptr;     // output 2p + 2
+    T* d = dst + p * C;
+    for (int64_t c = 0; c < C; ++c)
+      d[c] = T(0.75) * (even[c] + odd[c]) + T(0.25) * ((before ? before[c] : T(0)) + (after ? after[c] : T(0)));
+  }
+}
+
 // Pixels per task for the reductions; per-(task, channel) sums are added in a fixed order.
 inline int64_t chunk_for(int64_t HW) { return std::min<int64_t>(HW, 1024); }
 
@@ -204,6 +295,89 @@ void scale_channels_backward_nhwc(const T* grad, const T* x, const T* scale, T* 
 }
 
 template <typename T>
+void pointwise_modconv_forward_nhwc(const T* x, const T* weight, const T* styles, const T* demod, T* y, int64_t N,
+                                    int64_t HW, int64_t Cin, int64_t Cout) {
+  const int64_t chunk = chunk_for(HW), chunks = (HW + chunk - 1) / chunk;
+  at::parallel_for(0, N * chunks, grain_for(chunk * Cin), [&](int64_t begin, int64_t end) {
+    std::vector<T> wn(Cout * Cin);
+    int64_t sample = -1;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / chunks, lo = (task % chunks) * chunk, len = std::min(HW, lo + chunk) - lo;
+      if (n != sample) {
+        pointwise_sample_weight(weight, styles + n * Cin, demod ? demod + n * Cout : nullptr, wn.data(), Cin, Cout);
+        sample = n;
+      }
+      pointwise_pixels(x + (n * HW + lo) * Cin, wn.data(), y + (n * HW + lo) * Cout, len, Cin, Cout);
+    }
+  });
+}
+
+template <typename T>
+void pointwise_modconv_backward_nhwc(const T* grad, const T* x, const T* weight, const T* styles, const T* demod,
+                                     T* grad_x, T* grad_styles, int64_t N, int64_t HW, int64_t Cin, int64_t Cout) {
+  const int64_t chunk = chunk_for(HW), chunks = (HW + chunk - 1) / chunk;
+  std::vector<T> partial(N * chunks * Cout * Cin, T(0));  // per task: sum over its pixels of g[p, o] * x[p, i]
+  at::parallel_for(0, N * chunks, grain_for(chunk * Cin), [&](int64_t begin, int64_t end) {
+    std::vector<T> wn(Cout * Cin);
+    int64_t sample = -1;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / chunks, lo = (task % chunks) * chunk, len = std::min(HW, lo + chunk) - lo;
+      if (n != sample) {
+        pointwise_sample_weight(weight, styles + n * Cin, demod ? demod + n * Cout : nullptr, wn.data(), Cin, Cout);
+        sample = n;
+      }
+      pointwise_grad_pixels(grad + (n * HW + lo) * Cout, x + (n * HW + lo) * Cin, wn.data(),
+                            grad_x + (n * HW + lo) * Cin, partial.data() + task * Cout * Cin, len, Cin, Cout);
+    }
+  });
+  // grad_s[n, i] = sum_o weight[o, i] * d[n, o] * sum over the tasks of n (fixed order) of their sums.
+  std::vector<T> xg(N * Cout * Cin);
+  reduce_chunks(partial, N, chunks, Cout * Cin, xg.data());
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t i = 0; i < Cin; ++i) {
+      double sum = 0;
+      for (int64_t o = 0; o < Cout; ++o)
+        sum += double(weight[o * Cin + i]) * (demod ? demod[n * Cout + o] : T(1)) * xg[(n * Cout + o) * Cin + i];
+      grad_styles[n * Cin + i] = T(sum);
+    }
+}
+
+template <typename T>
+void upsample2d_nhwc(const T* x, T* y, int64_t N, int64_t C, int64_t H, int64_t W) {
+  const int64_t row = W * C;  // one input row
+  at::parallel_for(0, N * 2 * H, grain_for(4 * row), [&](int64_t begin, int64_t end) {
+    std::vector<T> combined(row);
+    for (int64_t out_row = begin; out_row < end; ++out_row) {
+      const int64_t n = out_row / (2 * H), r = out_row % (2 * H), q = r / 2;
+      const int64_t other = r % 2 == 0 ? q - 1 : q + 1;  // the row weighted 1/4
+      const T* base = x + n * H * row;
+      upsample_combine(base + q * row, other >= 0 && other < H ? base + other * row : nullptr, combined.data(), row);
+      upsample_row(combined.data(), y + out_row * 2 * row, W, C);
+    }
+  });
+}
+
+template <typename T>
+void upsample2d_adjoint_nhwc(const T* grad, T* grad_x, int64_t N, int64_t C, int64_t H, int64_t W) {
+  const int64_t out_row = 2 * W * C;  // one row of grad
+  at::parallel_for(0, N * H, grain_for(4 * out_row), [&](int64_t begin, int64_t end) {
+    std::vector<T> pair(out_row), combined(out_row);
+    for (int64_t in_row = begin; in_row < end; ++in_row) {
+      const int64_t n = in_row / H, q = in_row % H;
+      const T* base = grad + n * 2 * H * out_row;
+      const T* even = base + 2 * q * out_row;
+      const T* odd = even + out_row;
+      for (int64_t j = 0; j < out_row; ++j) pair[j] = even[j] + odd[j];
+      const T* before = q > 0 ? even - out_row : nullptr;       // grad row 2q - 1
+      const T* after = q + 1 < H ? odd + out_row : nullptr;     // grad row 2q + 2
+      for (int64_t j = 0; j < out_row; ++j)
+        combined[j] = T(0.75) * pair[j] + T(0.25) * ((before ? before[j] : T(0)) + (after ? after[j] : T(0)));
+      upsample_row_adjoint(combined.data(), grad_x + in_row * W * C, W, C);
+    }
+  });
+}
+
+template <typename T>
 void fir_upsample_forward_nhwc(const T* in, const T* scale, T* out, int64_t N, int64_t C, int64_t hi, int64_t wi) {
   const int64_t ho = hi - 1, wo = wi - 1;
   at::parallel_for(0, N * ho, grain_for(wo * C * 8), [&](int64_t begin, int64_t end) {
@@ -247,6 +421,12 @@ void fir_upsample_backward_nhwc(const T* grad_out, T* grad_in, int64_t N, int64_
                                                 const NoiseBiasActGrads<T>&);                                  \
   template void scale_channels_nhwc<T>(const T*, const T*, T*, int64_t, int64_t, int64_t);                     \
   template void scale_channels_backward_nhwc<T>(const T*, const T*, const T*, T*, T*, int64_t, int64_t, int64_t); \
+  template void pointwise_modconv_forward_nhwc<T>(const T*, const T*, const T*, const T*, T*, int64_t, int64_t,  \
+                                                  int64_t, int64_t);                                          \
+  template void pointwise_modconv_backward_nhwc<T>(const T*, const T*, const T*, const T*, const T*, T*, T*,    \
+                                                   int64_t, int64_t, int64_t, int64_t);                       \
+  template void upsample2d_nhwc<T>(const T*, T*, int64_t, int64_t, int64_t, int64_t);                          \
+  template void upsample2d_adjoint_nhwc<T>(const T*, T*, int64_t, int64_t, int64_t, int64_t);                  \
   template void fir_upsample_forward_nhwc<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t);      \
   template void fir_upsample_backward_nhwc<T>(const T*, T*, int64_t, int64_t, int64_t, int64_t);
 INSTANTIATE(float)

@@ -177,18 +177,40 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
 
 
 def upsample2d(x: torch.Tensor, *, impl: str = "auto") -> torch.Tensor:
-    """2x [1,3,3,1] FIR upsampling of StyleGAN2's skip image path: [N, C, H, W] -> [N, C, 2H, 2W].
+    """2x [1,3,3,1] FIR upsampling of StyleGAN2's skip image path: [N, C, H, W] -> [N, C, 2H, 2W], in
+    x's dtype and device (on the CPU's fused path in x's layout, NCHW or channels-last).
 
-    The fast form is one depthwise stride-2 transposed convolution with the gain-4 filter (padding 1),
-    equal to NVIDIA's zero-insertion + pad (2, 1) + 4x4 filter, which the reference computes literally.
+    The reference computes NVIDIA's zero-insertion + pad (2, 1) + 4x4 filter literally. On the CPU the
+    fused form is ``pulse_ext::upsample2d``: separable polyphase loops (each output is 2x2 inputs
+    weighted by products of 3/4 and 1/4), differentiable through its adjoint op. On CUDA it is one
+    depthwise stride-2 transposed convolution with the gain-4 filter (padding 1), the same map.
     """
     check(x.dim() == 4, f"upsample2d: x must be [N, C, H, W], got shape {list(x.shape)}")
     if impl not in ("auto", "fused", "reference"):
         raise ValueError(f"upsample2d: impl must be 'auto', 'fused' or 'reference', got {impl!r}")
     if impl == "reference":
         return reference.upsample2d(x)
+    if x.device.type == "cpu" and use_fused(impl, "upsample2d", x):
+        return torch.ops.pulse_ext.upsample2d(x)
     return F.conv_transpose2d(x, _depthwise_upsample_filter(x.dtype, x.device, x.shape[1]), stride=2, padding=1,
                               groups=x.shape[1])
+
+
+def _same_layout_empty(like: torch.Tensor, shape) -> torch.Tensor:
+    layout = torch.channels_last if is_cpu_channels_last(like) else torch.contiguous_format
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=layout)
+
+
+@_register_fake("pulse_ext::upsample2d")
+def _upsample2d_fake(x):
+    n, c, h, w = x.shape
+    return _same_layout_empty(x, (n, c, 2 * h, 2 * w))
+
+
+@_register_fake("pulse_ext::upsample2d_backward")
+def _upsample2d_backward_fake(grad):
+    n, c, h, w = grad.shape
+    return _same_layout_empty(grad, (n, c, h // 2, w // 2))
 
 
 @reference.cached_constant
