@@ -294,9 +294,11 @@ void scale_channels_backward_nhwc(const T* grad, const T* x, const T* scale, T* 
   reduce_chunks(partial, N, chunks, C, grad_s);
 }
 
-template <typename T>
-void pointwise_modconv_forward_nhwc(const T* x, const T* weight, const T* styles, const T* demod, T* y, int64_t N,
-                                    int64_t HW, int64_t Cin, int64_t Cout) {
+// fn(task, n, lo, len, wn) over the (sample, pixel chunk) tasks of a 1x1 modulated convolution, in
+// parallel, with wn the sample's weight (pointwise_sample_weight, made once per sample and thread).
+template <typename T, typename Fn>
+void for_each_pointwise_task(const T* weight, const T* styles, const T* demod, int64_t N, int64_t HW, int64_t Cin,
+                             int64_t Cout, const Fn& fn) {
   const int64_t chunk = chunk_for(HW), chunks = (HW + chunk - 1) / chunk;
   at::parallel_for(0, N * chunks, grain_for(chunk * Cin), [&](int64_t begin, int64_t end) {
     std::vector<T> wn(Cout * Cin);
@@ -307,9 +309,18 @@ void pointwise_modconv_forward_nhwc(const T* x, const T* weight, const T* styles
         pointwise_sample_weight(weight, styles + n * Cin, demod ? demod + n * Cout : nullptr, wn.data(), Cin, Cout);
         sample = n;
       }
-      pointwise_pixels(x + (n * HW + lo) * Cin, wn.data(), y + (n * HW + lo) * Cout, len, Cin, Cout);
+      fn(task, n, lo, len, wn.data());
     }
   });
+}
+
+template <typename T>
+void pointwise_modconv_forward_nhwc(const T* x, const T* weight, const T* styles, const T* demod, T* y, int64_t N,
+                                    int64_t HW, int64_t Cin, int64_t Cout) {
+  for_each_pointwise_task(weight, styles, demod, N, HW, Cin, Cout,
+                          [&](int64_t, int64_t n, int64_t lo, int64_t len, const T* wn) {
+                            pointwise_pixels(x + (n * HW + lo) * Cin, wn, y + (n * HW + lo) * Cout, len, Cin, Cout);
+                          });
 }
 
 template <typename T>
@@ -317,19 +328,12 @@ void pointwise_modconv_backward_nhwc(const T* grad, const T* x, const T* weight,
                                      T* grad_x, T* grad_styles, int64_t N, int64_t HW, int64_t Cin, int64_t Cout) {
   const int64_t chunk = chunk_for(HW), chunks = (HW + chunk - 1) / chunk;
   std::vector<T> partial(N * chunks * Cout * Cin, T(0));  // per task: sum over its pixels of g[p, o] * x[p, i]
-  at::parallel_for(0, N * chunks, grain_for(chunk * Cin), [&](int64_t begin, int64_t end) {
-    std::vector<T> wn(Cout * Cin);
-    int64_t sample = -1;
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / chunks, lo = (task % chunks) * chunk, len = std::min(HW, lo + chunk) - lo;
-      if (n != sample) {
-        pointwise_sample_weight(weight, styles + n * Cin, demod ? demod + n * Cout : nullptr, wn.data(), Cin, Cout);
-        sample = n;
-      }
-      pointwise_grad_pixels(grad + (n * HW + lo) * Cout, x + (n * HW + lo) * Cin, wn.data(),
-                            grad_x + (n * HW + lo) * Cin, partial.data() + task * Cout * Cin, len, Cin, Cout);
-    }
-  });
+  for_each_pointwise_task(weight, styles, demod, N, HW, Cin, Cout,
+                          [&](int64_t task, int64_t n, int64_t lo, int64_t len, const T* wn) {
+                            pointwise_grad_pixels(grad + (n * HW + lo) * Cout, x + (n * HW + lo) * Cin, wn,
+                                                  grad_x + (n * HW + lo) * Cin, partial.data() + task * Cout * Cin,
+                                                  len, Cin, Cout);
+                          });
   // grad_s[n, i] = sum_o weight[o, i] * d[n, o] * sum over the tasks of n (fixed order) of their sums.
   std::vector<T> xg(N * Cout * Cin);
   reduce_chunks(partial, N, chunks, Cout * Cin, xg.data());
