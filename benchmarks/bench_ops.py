@@ -171,6 +171,36 @@ def main(argv=None):
                 row["fused_fwd_TFLOPs"] = flops / (row["fused_fwd_ms"] * 1e-3) / 1e12
                 rows.append(row)
             os.environ.pop(backend_variable, None)
+
+        # toRGB: the 1x1 modulated convolution to 3 channels, no demodulation, on the layer's output.
+        weight_rgb = torch.randn(3, c, 1, 1, device=device)
+
+        def torgb(impl):
+            return lambda: ops.modulated_conv2d(x, weight_rgb, styles, demodulate=False, impl=impl)
+
+        row = dict(op="modulated_conv2d 1x1 (toRGB)", shape=f"{r}x{c}x{h}->3x{h}")
+        row.update(bench(torgb("fused"), torgb("reference"), device, backward_inputs=[x, styles],
+                         reps_seconds=args.seconds, repeats=args.repeats))
+        # Minimal traffic: forward reads x, writes y; backward reads grad and x, writes grad_x.
+        rgb_el = r * 3 * h * h
+        row["fused_fwdbwd_GBps"] = (3 * n_el + 2 * rgb_el) * 4 / (row["fused_fwdbwd_ms"] * 1e-3) / 1e9
+        rows.append(row)
+
+        # The skip path's image upsampling into this resolution.
+        img = torch.randn(r, 3, h // 2, h // 2, device=device)
+        if device.type == "cpu":
+            img = img.contiguous(memory_format=torch.channels_last)
+        img.requires_grad_()
+
+        def up2(impl):
+            return lambda: ops.upsample2d(img, impl=impl)
+
+        row = dict(op="upsample2d (skip image)", shape=f"{r}x3x{h // 2}->{h}")
+        row.update(bench(up2("fused"), up2("reference"), device, backward_inputs=[img], reps_seconds=args.seconds,
+                         repeats=args.repeats))
+        # Minimal traffic: forward reads img, writes 4x its size; backward the reverse.
+        row["fused_fwdbwd_GBps"] = 2 * (img.numel() + rgb_el) * 4 / (row["fused_fwdbwd_ms"] * 1e-3) / 1e9
+        rows.append(row)
         print(*(f"{row['op']} {row['shape']}: fwd x{row['speedup_fwd']:.2f} ({row['speedup_fwd_spread']}) "
                 f"fwd+bwd x{row['speedup_fwdbwd']:.2f} ({row['speedup_fwdbwd_spread']})"
                 for row in rows[first:]), sep="\n", flush=True)
