@@ -177,12 +177,20 @@ def build_models(cfg: dict, device, seed: int):
                                         conv_clamp=cfg["conv_clamp"]))
     D = Discriminator(img_resolution=cfg["resolution"], img_channels=3, channel_base=cfg["d_channel_base"],
                       channel_max=cfg["d_channel_max"], conv_clamp=cfg["conv_clamp"],
-                      mbstd_group_size=cfg["mbstd_group"])
+                      mbstd_group_size=cfg["mbstd_group"], fade_in=bool(cfg.get("d_fade_in", False)))
     G.set_impl("reference")
     G = G.to(device).train()
     D = D.to(device).train()
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     return G, D, G_ema
+
+
+def fade_alpha(cfg: dict, nimg: int) -> float:
+    """Share of a grown D's new top block in its input (0 -> 1 over ``fade_kimg`` after ``grow_nimg``);
+    1 for a D that was never grown."""
+    if not cfg.get("d_fade_in"):
+        return 1.0
+    return min(max((nimg - cfg["grow_nimg"]) / (cfg["fade_kimg"] * 1000), 0.0), 1.0)
 
 
 def make_optimizers(G, D, cfg: dict):
@@ -300,6 +308,9 @@ class Trainer:
         cfg, G, D = self.cfg, self.G, self.D
         B = cfg["batch"]
         real = self.sampler.next(self.device, self.memory_format)
+        if D.fade_in:
+            D.fade_alpha.fill_(fade_alpha(cfg, self.nimg))
+            self._stat("fade_alpha", D.fade_alpha)
 
         # Gmain
         G.requires_grad_(True)
@@ -417,6 +428,77 @@ class Trainer:
                     torch.cuda.set_rng_state_all(rng["cuda"])
                 except Exception:  # noqa: BLE001 - different GPU count: fresh CUDA RNG is fine
                     pass
+
+
+def grow_trainer(old_sd: dict, resolution: int, fade_kimg: float, **trainer_kwargs) -> Trainer:
+    """A Trainer at ``resolution`` = twice the checkpoint ``old_sd``'s, carrying everything it learned.
+
+    G and G_ema: every old weight and buffer by name (the mapping is the same; num_ws grows by 2), and a
+    new top block ``b<resolution>`` whose toRGB starts at zero, so the grown G draws exactly the old
+    G's image, upsampled (the skip architecture adds each block's toRGB to the upsampled image below).
+    D: a ``fade_in`` Discriminator (python/training/discriminator.py) whose old top fromrgb becomes
+    ``fade_fromrgb``: at alpha 0 it is the old D on the 2x2-mean image; alpha ramps to 1 over
+    ``fade_kimg``. Adam moments move with their parameters (fresh moments would make the first steps
+    sign-sized for every old weight), the step and image counters continue, the data RNG starts anew.
+    trainer_kwargs: Trainer's device, bf16, channels_last, images, framing.
+    """
+    old_cfg = dict(old_sd["cfg"])
+    if resolution != 2 * old_cfg["resolution"]:
+        raise ValueError(f"--resolution: growing doubles the resolution, so expected {2 * old_cfg['resolution']} "
+                         f"for a {old_cfg['resolution']}-px checkpoint, got {resolution}")
+    if old_cfg.get("d_fade_in"):
+        raise ValueError("the checkpoint is itself grown; resume it at its resolution before growing again")
+    seed = int(old_sd.get("seed", 0))
+    cfg = dict(old_cfg, resolution=resolution, d_fade_in=True, grow_nimg=int(old_sd["nimg"]),
+               fade_kimg=float(fade_kimg))
+    trainer = Trainer(cfg, seed=seed, **trainer_kwargs)
+    old_G, old_D, _ = build_models(old_cfg, "cpu", seed)  # for the old parameter names and order
+    top = f"synthesis.b{resolution}."
+    for module, key in ((trainer.G, "G"), (trainer.G_ema, "G_ema")):
+        _load_grown(module, old_sd[key], {}, new_prefix=top, what=key)
+        with torch.no_grad():
+            module.get_submodule(top + "torgb").weight.zero_()
+            module.get_submodule(top + "torgb").bias.zero_()
+    rename_D = {f"b{old_cfg['resolution']}.fromrgb.{p}": f"fade_fromrgb.{p}" for p in ("weight", "bias")}
+    _load_grown(trainer.D, old_sd["D"], rename_D, new_prefix=(f"b{resolution}.", "fade_alpha"), what="D")
+    with torch.no_grad():
+        trainer.D.fade_alpha.fill_(0.0)
+    if old_sd.get("optG") is not None:
+        _move_adam_state(old_sd["optG"], old_G, trainer.optG, trainer.G, {})
+        _move_adam_state(old_sd["optD"], old_D, trainer.optD, trainer.D, rename_D)
+    trainer.step = int(old_sd["step"])
+    trainer.nimg = int(old_sd["nimg"])
+    trainer.train_seconds = float(old_sd.get("train_seconds", 0.0))
+    if "pl_mean" in old_sd:
+        trainer.pl_mean.copy_(old_sd["pl_mean"])
+    return trainer
+
+
+def _load_grown(module: torch.nn.Module, old: dict, rename: dict, new_prefix, what: str):
+    """Copy ``old`` (renamed) into ``module``; only entries starting with ``new_prefix`` (a str or a tuple
+    of them) may be missing from ``old``."""
+    sd = module.state_dict()
+    moved = {}
+    for k, v in old.items():
+        k_new = rename.get(k, k)
+        if k_new not in sd or sd[k_new].shape != v.shape:
+            raise ValueError(f"{what}: checkpoint entry {k} {tuple(v.shape)} has no place in the grown model "
+                             f"(found {tuple(sd[k_new].shape) if k_new in sd else 'nothing'} at {k_new})")
+        moved[k_new] = v
+    fresh = [k for k in sd if k not in moved and not k.startswith(new_prefix)]
+    if fresh:
+        raise ValueError(f"{what}: the grown model has entries outside {new_prefix}* that the checkpoint lacks: {fresh}")
+    sd.update(moved)
+    module.load_state_dict(sd)
+
+
+def _move_adam_state(old_opt_sd: dict, old_module, new_opt, new_module, rename: dict):
+    """Re-index an Adam state dict of ``old_module`` (by position) to ``new_module``'s parameters by name."""
+    old_names = [rename.get(n, n) for n, _ in old_module.named_parameters()]
+    new_index = {n: i for i, (n, _) in enumerate(new_module.named_parameters())}
+    sd = new_opt.state_dict()
+    sd["state"] = {new_index[old_names[i]]: st for i, st in old_opt_sd["state"].items()}
+    new_opt.load_state_dict(sd)
 
 
 def _cpu_sd(module):
@@ -625,6 +707,11 @@ def parse_args(argv=None):
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--resume", action="store_true", help="resume from the latest ckpt-*.pt in --out")
     ap.add_argument("--resume-from", help="resume from this checkpoint file / compact file / parts dir")
+    ap.add_argument("--grow-from", metavar="CKPT",
+                    help="start a run at --resolution (twice CKPT's) from this checkpoint: new top blocks, D faded in "
+                         "(with --resume, the latest checkpoint in --out wins once there is one)")
+    ap.add_argument("--fade-kimg", type=float, default=60.0,
+                    help="with --grow-from: kimg over which D's new top block fades in (default %(default)s)")
     ap.add_argument("--framing-data", metavar="DIR",
                     help="python/prepare_framing.py output: mix in crops of these photos at random framings")
     ap.add_argument("--framing-fraction", type=float, default=0.5,
@@ -736,7 +823,16 @@ def main(argv=None) -> int:
     if resume_src and resume_sd is None:
         resume_sd = load_checkpoint_file(resume_src)
 
-    if resume_sd is not None:
+    grow_sd = None
+    if resume_sd is None and args.grow_from:
+        grow_sd = load_checkpoint_file(args.grow_from)
+        old_res = grow_sd["cfg"]["resolution"]
+        if args.resolution != 2 * old_res:
+            raise SystemExit(f"--grow-from {args.grow_from}: --resolution must be twice the checkpoint's, so "
+                             f"expected {2 * old_res}, got {args.resolution}")
+        cfg = dict(grow_sd["cfg"], resolution=args.resolution)
+        seed = int(grow_sd.get("seed", args.seed))
+    elif resume_sd is not None:
         cfg = dict(resume_sd["cfg"])
         for a in ("batch", "lr", "r1_gamma", "pl_weight"):  # the training knobs that may change mid-run
             if getattr(args, a) is not None:
@@ -758,8 +854,19 @@ def main(argv=None) -> int:
                    "framed_fraction": args.framing_fraction}
         log(json.dumps({"event": "framing_data", "photos": int(photos.shape[0]), "folder": args.framing_data,
                         "framed_fraction": args.framing_fraction}))
-    trainer = Trainer(cfg, device=device, seed=seed, bf16=args.bf16, channels_last=args.channels_last, images=images,
-                      framing=framing)
+    trainer_kwargs = dict(device=device, bf16=args.bf16, channels_last=args.channels_last, images=images,
+                          framing=framing)
+    if grow_sd is not None:
+        try:
+            trainer = grow_trainer(grow_sd, args.resolution, args.fade_kimg, **trainer_kwargs)
+        except ValueError as e:
+            raise SystemExit(f"--grow-from {args.grow_from}: {e}")
+        cfg = trainer.cfg
+        log(json.dumps({"event": "grow", "from": args.grow_from, "kimg": trainer.nimg / 1000,
+                        "resolution": cfg["resolution"], "fade_kimg": cfg["fade_kimg"]}))
+        del grow_sd
+    else:
+        trainer = Trainer(cfg, seed=seed, **trainer_kwargs)
     if resume_sd is not None:
         # Unchanged config => exact continuation; a changed batch/lr/r1_gamma/pl_weight keeps weights and
         # Adam moments and re-derives the Adam hyperparameters (lazy-regularisation correction included).

@@ -300,3 +300,92 @@ def test_evaluate_mixture_fd_draws_the_training_mixture(tmp_path):
     assert all(any(np.array_equal(face, u) for u in utk) for face in only_utk)
     with pytest.raises(SystemExit, match="the split has 20"):
         mixture.mixture_sample(utk, str(tmp_path), 30, 0.0, 16, seed=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Growing a run to twice the resolution (--grow-from)
+
+TINY8 = dict(TINY, resolution=8, pl_weight=0.0)
+
+
+def _trained_tiny8(steps=3):
+    tr = tg.Trainer(TINY8, seed=3, images=_images(24, 8))
+    for _ in range(steps):
+        tr.train_step()
+    return tr
+
+
+def test_grown_models_start_as_the_old_ones_and_keep_their_adam_moments():
+    from pulse_ext import ops
+    torch.set_num_threads(1)
+    old = _trained_tiny8()
+    sd = old.state_dict()
+    tr = tg.grow_trainer(sd, 16, fade_kimg=0.008, images=_images(24, 16))
+    assert tr.cfg["resolution"] == 16 and tr.cfg["grow_nimg"] == old.nimg
+    assert tr.step == old.step and tr.nimg == old.nimg
+
+    # G and G_ema draw the old image, upsampled (the new toRGB starts at zero)
+    z = torch.randn(3, old.G.z_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for new_G, old_G in ((tr.G, old.G), (tr.G_ema, old.G_ema)):
+            want = ops.upsample2d(old_G(z, None, noise_mode="const"), impl="reference")
+            assert torch.allclose(new_G(z, None, noise_mode="const"), want, atol=1e-6)
+        assert tr.G.num_ws == old.G.num_ws + 2
+
+    # D at alpha 0 is the old D on the 2x2-mean image, exactly
+    img = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(tr.D(img), old.D(torch.nn.functional.avg_pool2d(img, 2)))
+        tr.D.fade_alpha.fill_(0.5)
+        assert not torch.equal(tr.D(img), old.D(torch.nn.functional.avg_pool2d(img, 2)))
+
+    # Adam moments moved with their parameters (D's old fromrgb under its new name)
+    def moments(opt, module):
+        names = [n for n, _ in module.named_parameters()]
+        return {names[i]: st["exp_avg_sq"] for i, st in opt.state_dict()["state"].items()}
+
+    old_mG, new_mG = moments(old.optG, old.G), moments(tr.optG, tr.G)
+    assert old_mG.keys() == new_mG.keys() and all(torch.equal(old_mG[k], new_mG[k]) for k in old_mG)
+    old_mD, new_mD = moments(old.optD, old.D), moments(tr.optD, tr.D)
+    assert torch.equal(new_mD["fade_fromrgb.weight"], old_mD["b8.fromrgb.weight"])
+    assert torch.equal(new_mD["b8.conv0.weight"], old_mD["b8.conv0.weight"])
+
+    # the fade ramps with the images shown: 2 steps of 4 = 0.008 kimg
+    seen = []
+    for _ in range(3):
+        tr.train_step()
+        seen.append(float(tr.D.fade_alpha))
+    assert seen == [0.0, 0.5, 1.0]
+    assert all(torch.isfinite(p).all() for p in tr.G.parameters())
+    assert tr.G.synthesis.b16.torgb.weight.abs().max() > 0  # the new block learns
+
+
+def test_grow_rejects_a_wrong_resolution():
+    sd = _trained_tiny8(1).state_dict()
+    with pytest.raises(ValueError, match="expected 16 .* got 32"):
+        tg.grow_trainer(sd, 32, fade_kimg=1, images=_images(24, 32))
+
+
+def test_cli_grow_then_resume_with_the_same_command(tmp_path):
+    torch.set_num_threads(1)
+    small = tmp_path / "faces8.npy"
+    np.save(small, _images(16, 8).permute(0, 2, 3, 1).numpy())
+    args8 = [a if a != "16" else "8" for a in TINY_ARGS]
+    assert tg.main(["--data", str(small), "--out", str(tmp_path / "r8"), "--kimg", "0.008"] + args8) == 0
+    old_ckpt = tg.list_checkpoints(str(tmp_path / "r8"))[-1]
+
+    big = tmp_path / "faces16.npy"
+    np.save(big, _images(16, 16).permute(0, 2, 3, 1).numpy())
+    grow = ["--data", str(big), "--out", str(tmp_path / "r16"), "--grow-from", old_ckpt, "--resume",
+            "--fade-kimg", "0.008"] + TINY_ARGS
+    assert tg.main(grow + ["--kimg", "0.016"]) == 0  # grows: starts at 8 images, 2 more steps
+    sd = tg.load_checkpoint_file(tg.list_checkpoints(str(tmp_path / "r16"))[-1])
+    assert sd["cfg"]["resolution"] == 16 and sd["cfg"]["grow_nimg"] == 8 and sd["nimg"] == 16
+    assert float(sd["D"]["fade_alpha"]) == 0.5  # set at the start of the step from 12 images
+    assert tg.main(grow + ["--kimg", "0.024"]) == 0  # the same command now resumes
+    sd = tg.load_checkpoint_file(tg.list_checkpoints(str(tmp_path / "r16"))[-1])
+    assert sd["nimg"] == 24 and sd["cfg"]["grow_nimg"] == 8 and float(sd["D"]["fade_alpha"]) == 1.0
+    # a wrong --resolution is a clear exit, not a traceback
+    with pytest.raises(SystemExit, match="expected 16"):
+        tg.main(["--data", str(big), "--out", str(tmp_path / "bad"), "--grow-from", old_ckpt,
+                 "--resolution", "32"] + TINY_ARGS[2:])

@@ -167,15 +167,23 @@ def minibatch_stddev(x: torch.Tensor, group_size: int = 4, num_channels: int = 1
 
 
 class Discriminator(torch.nn.Module):
-    """img [N, C, R, R] in [-1, 1] -> logits [N, 1]. Channels per resolution: min(channel_base // res, channel_max)."""
+    """img [N, C, R, R] in [-1, 1] -> logits [N, 1]. Channels per resolution: min(channel_base // res, channel_max).
+
+    ``fade_in=True`` makes a D grown from one of half the resolution (python/train_generator.py
+    ``--grow-from``): it keeps the old top block's fromrgb as ``fade_fromrgb`` and feeds the block below
+    the new top one ``lerp(fade_fromrgb(avg_pool2d(img, 2)), b<R>(img), fade_alpha)``. At alpha 0 it is
+    exactly the old D on the 2x2-mean image (the area downscale the half-resolution data was made
+    with); the trainer ramps alpha to 1 (ProGAN's fade-in), after which the old path is not run.
+    """
 
     def __init__(self, img_resolution: int, img_channels: int = 3, channel_base: int = 32768,
                  channel_max: int = 512, conv_clamp: Optional[float] = None, mbstd_group_size: int = 4,
-                 mbstd_num_channels: int = 1):
+                 mbstd_num_channels: int = 1, fade_in: bool = False):
         super().__init__()
         self.init_kwargs = dict(img_resolution=img_resolution, img_channels=img_channels,
                                 channel_base=channel_base, channel_max=channel_max, conv_clamp=conv_clamp,
-                                mbstd_group_size=mbstd_group_size, mbstd_num_channels=mbstd_num_channels)
+                                mbstd_group_size=mbstd_group_size, mbstd_num_channels=mbstd_num_channels,
+                                fade_in=fade_in)
         log2 = int(math.log2(img_resolution))
         assert 2 ** log2 == img_resolution and img_resolution >= 8
         self.img_resolution = img_resolution
@@ -184,6 +192,13 @@ class Discriminator(torch.nn.Module):
         for res in self.block_resolutions:
             in_ch = ch[res] if res < img_resolution else 0
             setattr(self, f"b{res}", DBlock(in_ch, ch[res], ch[res // 2], res, img_channels, conv_clamp))
+        self.fade_in = fade_in
+        if fade_in:
+            if img_resolution < 16:
+                raise ValueError(f"fade_in needs img_resolution >= 16 (a grown D of >= 8 px below), got {img_resolution}")
+            self.fade_fromrgb = EqualConv2d(img_channels, ch[img_resolution // 2], 1, activation="lrelu",
+                                            conv_clamp=conv_clamp)
+            self.register_buffer("fade_alpha", torch.zeros([]))
         c4 = ch[4]
         self.mbstd_group_size = mbstd_group_size
         self.mbstd_num_channels = mbstd_num_channels
@@ -197,6 +212,11 @@ class Discriminator(torch.nn.Module):
         x = None
         for res in self.block_resolutions:
             x = getattr(self, f"b{res}")(x, img)
+            if res == self.img_resolution and self.fade_in:
+                alpha = float(self.fade_alpha)
+                if alpha < 1.0:
+                    old = self.fade_fromrgb(F.avg_pool2d(img, 2))
+                    x = old.lerp(x, alpha) if alpha > 0.0 else old
         if self.mbstd_num_channels > 0:
             x = minibatch_stddev(x, self.mbstd_group_size, self.mbstd_num_channels)
         x = self.b4.conv(x)
