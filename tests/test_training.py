@@ -389,3 +389,34 @@ def test_cli_grow_then_resume_with_the_same_command(tmp_path):
     with pytest.raises(SystemExit, match="expected 16"):
         tg.main(["--data", str(big), "--out", str(tmp_path / "bad"), "--grow-from", old_ckpt,
                  "--resolution", "32"] + TINY_ARGS[2:])
+
+
+@pytest.mark.parametrize("activation,down,k,clamp", [("lrelu", 1, 3, None), ("lrelu", 2, 3, 0.5),
+                                                     ("linear", 2, 1, None), ("lrelu", 1, 1, None)])
+def test_equal_conv_folds_gain_and_bias_into_the_convolution_exactly(activation, down, k, clamp):
+    from training.discriminator import EqualConv2d, blur, LRELU_GAIN, LRELU_SLOPE
+    F = torch.nn.functional
+    torch.manual_seed(k + down)
+    conv = EqualConv2d(3, 5, k, activation=activation, down=down, conv_clamp=clamp).double()
+    with torch.no_grad():
+        conv.bias.normal_()
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64, requires_grad=True)
+    gain = 0.7
+
+    def literal(t):  # NVIDIA's order: conv, + bias, act, * gain, clamp
+        w = conv.weight * conv.weight_gain
+        if down == 1:
+            y = F.conv2d(t, w, padding=k // 2)
+        elif k == 1:
+            y = F.conv2d(blur(t, conv.resample_filter.double(), pad=1, stride=2), w)
+        else:
+            y = F.conv2d(blur(t, conv.resample_filter.double(), pad=k // 2 + 1), w, stride=2)
+        y = y + conv.bias.reshape(1, -1, 1, 1)
+        if activation == "lrelu":
+            y = F.leaky_relu(y, LRELU_SLOPE) * LRELU_GAIN
+        y = y * gain
+        return y.clamp(-clamp * gain, clamp * gain) if clamp is not None else y
+
+    assert torch.allclose(conv(x, gain=gain), literal(x), atol=1e-12)
+    assert torch.autograd.gradcheck(lambda t: conv(t, gain=gain), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: conv(t, gain=gain), (x,))  # R1 differentiates twice

@@ -103,26 +103,25 @@ class EqualConv2d(torch.nn.Module):
             self.register_buffer("resample_filter", _fir_4x4(), persistent=False)
 
     def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
-        w = self.weight.to(x.dtype) * self.weight_gain
+        # act(conv(x, w) + b) * g computed as act(conv(x, w g, b g)): leaky ReLU is positively homogeneous
+        # (g > 0), and the gain and bias ride in the convolution instead of two full passes over the
+        # activation (forward and backward) -- about a third of a 128-px D step on CPU was elementwise.
+        act_gain = gain * LRELU_GAIN if self.activation == "lrelu" else gain
+        w = self.weight.to(x.dtype) * (self.weight_gain * act_gain)
+        b = self.bias.to(x.dtype) * act_gain if self.bias is not None else None
         k = self.kernel_size
         if self.down == 1:
-            x = F.conv2d(x, w, padding=k // 2)
+            x = F.conv2d(x, w, b, padding=k // 2)
         elif k == 1:
             # NVIDIA: upfirdn2d(down=2, pad 1) then 1x1 conv; the blur's stride does the downsampling.
             x = blur(x, self.resample_filter, pad=1, stride=2)
-            x = F.conv2d(x, w)
+            x = F.conv2d(x, w, b)
         else:
             # NVIDIA conv2d_resample (down=2, k=3): blur with pad (k//2 + 1) then stride-2 valid conv.
             x = blur(x, self.resample_filter, pad=k // 2 + 1)
-            x = F.conv2d(x, w, stride=2)
-        if self.bias is not None:
-            x = x + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
-        act_gain = gain
+            x = F.conv2d(x, w, b, stride=2)
         if self.activation == "lrelu":
             x = F.leaky_relu(x, LRELU_SLOPE)
-            act_gain = gain * LRELU_GAIN
-        if act_gain != 1.0:
-            x = x * act_gain
         if self.conv_clamp is not None:
             c = self.conv_clamp * gain
             x = x.clamp(-c, c)
