@@ -93,6 +93,41 @@ def test_noise_bias_act_matches_reference(device, case, layout):
     assert_grads_close(fused_in, ref_in, dict(rtol=1e-5, atol=1e-4))
 
 
+@pytest.mark.parametrize("gain,slope,clamp", [(math.sqrt(2), 0.2, None), (0.7, 0.2, 0.4), (0.3, 0.2, 0.5),
+                                               (1.0, 1.0, None), (2.0, 1.0, 1.0)])
+@pytest.mark.parametrize("present", ["all", "no_noise", "no_bias", "no_demod", "none", "no_strength"])
+def test_noise_bias_act_reference_equals_its_formula(gain, slope, clamp, present):
+    """The reference folds the gain into the sums (three passes, not six); it must still be the literal
+    y = clamp(lrelu(x * d + strength * noise + bias) * gain), forward and backward, any input absent."""
+    x, noise_t, strength, bias, demod_t = make_nba_inputs(3, 5, 6, 7, "per_sample", True, "cpu", torch.float64)
+    if present in ("no_noise", "none"):
+        noise_t, strength = None, None
+    if present == "no_strength":
+        strength = None
+    if present in ("no_bias", "none"):
+        bias = None
+    if present in ("no_demod", "none"):
+        demod_t = None
+    a, b = leaves(x, noise_t, strength, bias, demod_t), leaves(x, noise_t, strength, bias, demod_t)
+
+    def literal(x, noise, strength, bias, demod):
+        y = x if demod is None else x * demod[:, :, None, None]
+        if noise is not None:
+            y = y + noise * (1.0 if strength is None else strength)
+        if bias is not None:
+            y = y + bias[None, :, None, None]
+        y = torch.nn.functional.leaky_relu(y, slope) * gain
+        return y if clamp is None else y.clamp(-clamp, clamp)
+
+    y = ops.noise_bias_act(*a[:4], demod=a[4], gain=gain, slope=slope, clamp=clamp, impl="reference")
+    want = literal(*b)
+    torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    want.backward(grad)
+    assert_grads_close(a, b, dict(rtol=1e-10, atol=1e-10))
+
+
 def test_noise_bias_act_gradcheck_float64():
     x, noise_t, strength, bias, demod_t = make_nba_inputs(2, 3, 5, 4, "per_sample", True, "cpu", torch.float64)
     inputs = leaves(x, noise_t, strength, bias, demod_t)
