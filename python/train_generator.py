@@ -451,8 +451,8 @@ def grow_trainer(old_sd: dict, resolution: int, fade_kimg: float, **trainer_kwar
     seed = int(old_sd.get("seed", 0))
     cfg = dict(old_cfg, resolution=resolution, d_fade_in=True, grow_nimg=int(old_sd["nimg"]),
                fade_kimg=float(fade_kimg))
+    old_G, old_D, _ = build_models(old_cfg, "cpu", seed)  # the old parameter names and order (before Trainer seeds)
     trainer = Trainer(cfg, seed=seed, **trainer_kwargs)
-    old_G, old_D, _ = build_models(old_cfg, "cpu", seed)  # for the old parameter names and order
     top = f"synthesis.b{resolution}."
     for module, key in ((trainer.G, "G"), (trainer.G_ema, "G_ema")):
         _load_grown(module, old_sd[key], {}, new_prefix=top, what=key)
