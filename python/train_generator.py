@@ -11,6 +11,9 @@ x-flips, batch 32.
     python python/train_generator.py --data data/utkface64 --out /work/checkpoints/default64 \
         --threads 1 --bf16 --minutes 150 --resume
 
+``--grow-from CKPT --resolution 2R`` starts a run at twice a checkpoint's resolution that keeps what it
+learned (``grow_trainer``: new top blocks, G's new toRGB from zero, D faded in over ``--fade-kimg``).
+
 Checkpoints (atomic, last 3 kept) every --ckpt-minutes and at exit (also on SIGTERM/SIGINT):
 ``ckpt-<kimg>.pt``, plus ``latest-G_ema.safetensors`` (pulse_ext format), ``samples-<kimg>.png``
 (8x8 grid from fixed z, G_ema, const noise) and ``log.jsonl``.
