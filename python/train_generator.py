@@ -433,6 +433,13 @@ class Trainer:
                     pass
 
 
+def check_grow_resolution(old_cfg: dict, resolution: int) -> None:
+    """ValueError unless ``resolution`` is twice the resolution of the run configured by ``old_cfg``."""
+    if resolution != 2 * old_cfg["resolution"]:
+        raise ValueError(f"--resolution: growing doubles the resolution, so expected {2 * old_cfg['resolution']} "
+                         f"for a {old_cfg['resolution']}-px checkpoint, got {resolution}")
+
+
 def grow_trainer(old_sd: dict, resolution: int, fade_kimg: float, **trainer_kwargs) -> Trainer:
     """A Trainer at ``resolution`` = twice the checkpoint ``old_sd``'s, carrying everything it learned.
 
@@ -446,9 +453,7 @@ def grow_trainer(old_sd: dict, resolution: int, fade_kimg: float, **trainer_kwar
     trainer_kwargs: Trainer's device, bf16, channels_last, images, framing.
     """
     old_cfg = dict(old_sd["cfg"])
-    if resolution != 2 * old_cfg["resolution"]:
-        raise ValueError(f"--resolution: growing doubles the resolution, so expected {2 * old_cfg['resolution']} "
-                         f"for a {old_cfg['resolution']}-px checkpoint, got {resolution}")
+    check_grow_resolution(old_cfg, resolution)
     if old_cfg.get("d_fade_in"):
         raise ValueError("the checkpoint is itself grown; resume it at its resolution before growing again")
     seed = int(old_sd.get("seed", 0))
@@ -829,10 +834,10 @@ def main(argv=None) -> int:
     grow_sd = None
     if resume_sd is None and args.grow_from:
         grow_sd = load_checkpoint_file(args.grow_from)
-        old_res = grow_sd["cfg"]["resolution"]
-        if args.resolution != 2 * old_res:
-            raise SystemExit(f"--grow-from {args.grow_from}: --resolution must be twice the checkpoint's, so "
-                             f"expected {2 * old_res}, got {args.resolution}")
+        try:  # before loading the data, which takes a while at 128 px
+            check_grow_resolution(grow_sd["cfg"], args.resolution)
+        except ValueError as e:
+            raise SystemExit(f"--grow-from {args.grow_from}: {e}")
         cfg = dict(grow_sd["cfg"], resolution=args.resolution)
         seed = int(grow_sd.get("seed", args.seed))
     elif resume_sd is not None:

@@ -143,17 +143,16 @@ def noise_bias_act(x: torch.Tensor, noise: Optional[torch.Tensor] = None,
     # ops.noise_bias_act checks g > 0): three passes over the activation instead of six, forward and
     # backward -- this op was the largest elementwise cost of a bf16 training step at 128 px (78 -> 43 ms
     # at [32, 16, 128, 128]).
-    scale = gain
     y = x
     if demod is not None:
-        d = demod.reshape(demod.shape[0], -1, 1, 1) * scale
-        y = torch.addcmul(bias.reshape(1, -1, 1, 1) * scale, y, d) if bias is not None else y * d
+        d = demod.reshape(demod.shape[0], -1, 1, 1) * gain
+        y = torch.addcmul(bias.reshape(1, -1, 1, 1) * gain, y, d) if bias is not None else y * d
     elif bias is not None:
-        y = torch.add(bias.reshape(1, -1, 1, 1) * scale, y, alpha=scale)
-    elif scale != 1.0:
-        y = y * scale
+        y = torch.add(bias.reshape(1, -1, 1, 1) * gain, y, alpha=gain)
+    elif gain != 1.0:
+        y = y * gain
     if noise is not None:
-        y = y + noise * (scale if noise_strength is None else noise_strength * scale)
+        y = y + noise * (gain if noise_strength is None else noise_strength * gain)
     if slope != 1.0:
         y = F.leaky_relu(y, slope)
     if clamp is not None:
